@@ -169,7 +169,7 @@ def load_table(path: Path | str) -> Interactions:
     path = Path(path)
     _require(path, "Check the path, or use --dataset foursquare-nyc / amazon-beauty.")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:  # type: ignore[operator]
+    with opener(path, "rt", newline="") as f:
         text = f.read()
     first = text.split("\n", 1)[0]
     delim = "\t" if "\t" in first or path.suffix == ".inter" else ","

@@ -1,0 +1,167 @@
+"""Offline accuracy benchmark (issue: HAIL model core), chronological leave-last-out, full ranking.
+
+Phase 1 (validation only, seed 0): sweep the MED form, λ (med_weight) and med_topk of 2-SASRec-peer
+HAIL; the best setting by validation NDCG@10 is used for every HAIL row of phase 2. The test split is
+never looked at to choose anything.
+Phase 2 (test): the baselines, single SASRec, single GRU4Rec, 2 peers with λ = 0 (ensemble), DML,
+HAIL (2 SASRec), HAIL (SASRec + GRU4Rec), HAIL K = 3: mean ± std over the seeds of NDCG@10, HR@10,
+MRR@10, plus seconds per training epoch and the best epoch.
+
+    python bench/offline_accuracy.py --datasets foursquare-nyc amazon-beauty --seeds 0 1 2 \
+        --epochs 20 --out bench/results/offline_accuracy.json
+
+Writes JSON with every run and prints a Markdown table (also saved next to the JSON as .md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.data import load_dataset
+from models.evaluate import ModelScorer, evaluate
+from models.presets import preset
+from models.splits import SequenceSplit, leave_last_out
+from models.trainer import TrainConfig, train
+from stream.offline import baseline_metrics
+
+METRICS = ("ndcg@10", "hr@10", "mrr@10")
+
+
+def run_one(split: SequenceSplit, name: str, config: Any, tc: TrainConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = train(split, config, tc)
+    scorer = ModelScorer(result.model)
+    return {
+        "name": name,
+        "config": asdict(config),
+        "seed": config.seed,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "wall_seconds": time.perf_counter() - t0,
+        "valid": evaluate(scorer, split, "valid"),
+        "test": evaluate(scorer, split, "test"),
+    }
+
+
+def sweep(split: SequenceSplit, tc: TrainConfig, forms: list[str], weights: list[float], topks: list[int],
+          warmups: list[int]) -> list[dict[str, Any]]:
+    runs = []
+    for form, lam, topk, warm in itertools.product(forms, weights, topks, warmups):
+        cfg = preset("hail", peers=2, med_form=form, med_weight=lam, med_topk=topk, med_warmup_epochs=warm, seed=0)
+        r = run_one(split, f"hail[{form},λ={lam},top{topk},warm{warm}]", cfg, tc)
+        print(f"  sweep {r['name']}: valid ndcg@10 {r['valid']['ndcg@10']:.4f}", flush=True)
+        runs.append(r)
+    return runs
+
+
+def model_rows(best: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    med = {k: best[k] for k in ("med_form", "med_weight", "med_topk", "med_warmup_epochs")}
+    return {
+        "SASRec (1 peer)": {"model": "sasrec"},
+        "GRU4Rec (1 peer)": {"model": "gru4rec"},
+        "2 peers, λ=0 (ensemble)": {"model": "ensemble", "peers": 2},
+        "DML (2 SASRec)": {"model": "dml", "peers": 2},
+        "HAIL (2 SASRec)": {"model": "hail", "peers": 2, **med},
+        "HAIL (SASRec + GRU4Rec)": {"model": "hail", "peers": 2, "encoders": ("sasrec", "gru4rec"), **med},
+        "HAIL (K=3 SASRec)": {"model": "hail", "peers": 3, **med},
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    a = np.asarray(values)
+    return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = []
+    for ds, res in results["datasets"].items():
+        lines.append(f"\n### {ds} — test split, full ranking, {len(results['seeds'])} seeds\n")
+        lines.append("| model | NDCG@10 | HR@10 | MRR@10 | s/epoch | best epoch |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, m in res["baselines"].items():
+            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | – | – |")
+        for name, runs in res["models"].items():
+            cells = [mean_std([r["test"][k] for r in runs]) for k in METRICS]
+            spe = np.mean([r["seconds_per_epoch"] for r in runs])
+            be = "/".join(str(r["best_epoch"]) for r in runs)
+            lines.append(f"| {name} | {' | '.join(cells)} | {spe:.1f} | {be} |")
+        if res.get("sweep"):
+            lines.append(f"\nMED sweep on the validation split (2 SASRec peers, seed 0) — chosen: `{res['chosen']}`\n")
+            lines.append("| setting | valid NDCG@10 | valid HR@10 |")
+            lines.append("|---|---|---|")
+            for r in sorted(res["sweep"], key=lambda r: -r["valid"]["ndcg@10"]):
+                lines.append(f"| {r['name']} | {r['valid']['ndcg@10']:.4f} | {r['valid']['hr@10']:.4f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["foursquare-nyc", "amazon-beauty"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--forms", nargs="+", default=["weighted_ce", "unlikelihood", "exclusive"])
+    p.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    p.add_argument("--topks", nargs="+", type=int, default=[1, 10])
+    p.add_argument("--warmups", nargs="+", type=int, default=[0])
+    p.add_argument("--no-sweep", action="store_true", help="use the default MED setting (weighted_ce, λ=1, top10)")
+    p.add_argument("--out", default="bench/results/offline_accuracy.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    results: dict[str, Any] = {
+        "command": "python " + " ".join(__import__("sys").argv),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "datasets": {},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ds in args.datasets:
+        events = load_dataset(ds)
+        split = leave_last_out(events)
+        tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False)
+        res: dict[str, Any] = {"baselines": baseline_metrics(split, events, "test"), "models": {}}
+        print(f"{ds}: baselines " + ", ".join(f"{k} {v['ndcg@10']:.4f}" for k, v in res["baselines"].items()), flush=True)
+        best = {"med_form": "weighted_ce", "med_weight": 1.0, "med_topk": 10, "med_warmup_epochs": 0}
+        if not args.no_sweep:
+            res["sweep"] = sweep(split, tc, args.forms, args.weights, args.topks, args.warmups)
+            top = max(res["sweep"], key=lambda r: r["valid"]["ndcg@10"])["config"]
+            best = {k: top[k] for k in best}
+        res["chosen"] = best
+        for name, spec in model_rows(best).items():
+            spec = dict(spec)
+            model, peers = spec.pop("model"), spec.pop("peers", 2)
+            res["models"][name] = []
+            for seed in args.seeds:
+                cfg = preset(model, peers=peers, seed=seed, **spec)
+                r = run_one(split, name, cfg, TrainConfig(**{**asdict(tc), "seed": seed}))
+                res["models"][name].append(r)
+                print(f"  {name} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f} "
+                      f"({r['seconds_per_epoch']:.1f} s/epoch, best epoch {r['best_epoch']})", flush=True)
+                results["datasets"][ds] = res
+                out.write_text(json.dumps(results, indent=1))
+        results["datasets"][ds] = res
+        out.write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    out.with_suffix(".md").write_text(
+        f"Command: `{results['command']}`\nMachine: {results['machine']}\nDate: {results['date']}\n{md}\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Sequence encoders: one peer network of the HAIL ensemble = item embedding table + encoder.
+
+Input sequences are item indices ``[B, L]``, left-padded with 0, the latest item at the last
+position. Every encoder is causal (position t sees items <= t) and ignores padding, so the hidden
+state of the last position does not depend on how much padding precedes the sequence.
+
+- :class:`SASRecEncoder`: causal self-attention (Kang & McAuley 2018; layout after
+  pmixer/SASRec.pytorch, pre-LN): scaled item embedding + learned position embedding, blocks of
+  LayerNorm -> multi-head attention -> residual, LayerNorm -> point-wise feed-forward -> residual,
+  final LayerNorm.
+- :class:`GRU4RecEncoder`: embedding -> GRU -> linear (Hidasi et al. 2016, as in RecBole).
+
+Both share their input and output item embeddings: :meth:`SequenceEncoder.logits` is the only
+place that scores items (``h @ E^T``, padding column at ``-inf``).
+
+>>> import torch
+>>> enc = make_encoder("sasrec", n_rows=6, hidden=8, layers=1, heads=1, dropout=0.0, max_len=4).eval()
+>>> seq = torch.tensor([[0, 0, 3, 5]])
+>>> enc.hidden_states(seq).shape, enc.encode(seq).shape, enc.logits(enc.encode(seq)).shape
+(torch.Size([1, 4, 8]), torch.Size([1, 8]), torch.Size([1, 6]))
+>>> bool(torch.isinf(enc.logits(enc.encode(seq))[0, 0]))
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from models.errors import ModelsError
+from models.vocab import PAD
+
+ENCODERS = ("sasrec", "gru4rec")
+EMBEDDING_STD = 0.02
+
+
+def init_item_rows(weight: torch.Tensor, start: int, generator: torch.Generator | None = None) -> None:
+    """Initialise rows ``start..`` of an item table in place: normal(0, 0.02); row 0 (padding) = 0.
+
+    Used at construction and when the table grows, so new rows look like the first ones did.
+    """
+    with torch.no_grad():
+        rows = weight[start:]
+        rows.copy_(torch.randn(rows.shape, generator=generator, dtype=rows.dtype) * EMBEDDING_STD)
+        if start == 0:
+            weight[PAD].zero_()
+
+
+class SequenceEncoder(nn.Module):
+    """Base class: owns the item table; subclasses implement :meth:`forward`."""
+
+    def __init__(self, n_rows: int, hidden: int, max_len: int) -> None:
+        super().__init__()
+        if n_rows < 2:
+            raise ModelsError(f"an item table needs padding plus at least one item (n_rows >= 2), not {n_rows}")
+        self.hidden = hidden
+        self.max_len = max_len
+        self.item_emb = nn.Embedding(n_rows, hidden, padding_idx=PAD)
+        init_item_rows(self.item_emb.weight, 0)
+
+    @property
+    def n_rows(self) -> int:
+        return self.item_emb.num_embeddings
+
+    def forward(self, item_emb_of_seq: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``[B, L, H]`` embeddings and ``[B, L]`` bool padding mask (True = pad) -> ``[B, L, H]``."""
+        raise NotImplementedError
+
+    def hidden_states(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden state of every position: ``[B, L]`` item indices -> ``[B, L, H]``."""
+        if seq.dim() != 2:
+            raise ModelsError(f"sequences must be a [B, L] LongTensor, got shape {tuple(seq.shape)}")
+        return self(self.item_emb(seq), seq == PAD)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden state of the last position (the next-item query): ``[B, L]`` -> ``[B, H]``."""
+        return self.hidden_states(seq)[:, -1]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each hidden state: ``[..., H]`` -> ``[..., n_rows]``, column 0 = -inf."""
+        scores = hidden @ self.item_emb.weight.T
+        scores[..., PAD] = float("-inf")  # in place: the matmul's backward does not need its output
+        return scores
+
+    def grow(self, n_rows: int, generator: torch.Generator | None = None) -> None:
+        """Enlarge the item table to ``n_rows``; existing rows are kept bit-identical."""
+        old = self.item_emb.weight
+        if n_rows < old.shape[0]:
+            raise ModelsError(f"cannot shrink the item table from {old.shape[0]} to {n_rows} rows")
+        if n_rows == old.shape[0]:
+            return
+        new = torch.empty(n_rows, old.shape[1], dtype=old.dtype)
+        init_item_rows(new, old.shape[0], generator)
+        new = new.to(old.device)
+        with torch.no_grad():
+            new[: old.shape[0]] = old
+        emb = nn.Embedding(n_rows, old.shape[1], padding_idx=PAD, device=old.device, dtype=old.dtype)
+        emb.weight = nn.Parameter(new, requires_grad=old.requires_grad)
+        self.item_emb = emb
+
+
+class _FeedForward(nn.Module):
+    """Point-wise feed-forward of SASRec (two 1x1 convolutions = two linears)."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SASRecEncoder(SequenceEncoder):
+    """Causal self-attention encoder (pre-LN SASRec).
+
+    Positions are counted from the end (last item = 1), which for a window of exactly ``max_len``
+    is SASRec's absolute numbering, and makes the output independent of the padding length.
+    """
+
+    def __init__(self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int) -> None:
+        super().__init__(n_rows, hidden, max_len)
+        if hidden % heads:
+            raise ModelsError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.pos_emb = nn.Embedding(max_len + 1, hidden, padding_idx=PAD)
+        nn.init.normal_(self.pos_emb.weight, std=EMBEDDING_STD)
+        with torch.no_grad():
+            self.pos_emb.weight[PAD].zero_()
+        self.emb_dropout = nn.Dropout(dropout)
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=1e-8) for _ in range(layers))
+        self.attns = nn.ModuleList(
+            nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True) for _ in range(layers)
+        )
+        self.ff_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=1e-8) for _ in range(layers))
+        self.ffs = nn.ModuleList(_FeedForward(hidden, dropout) for _ in range(layers))
+        self.last_norm = nn.LayerNorm(hidden, eps=1e-8)
+
+    def _attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
+        """``[B*heads, L, L]`` bool, True = blocked: future keys and padding keys. The diagonal stays
+        open so padded queries (never read) attend to themselves instead of producing NaN rows."""
+        length = padding.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=padding.device).tril()
+        allowed = causal & ~padding.unsqueeze(1)
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=padding.device)
+        return (~allowed).repeat_interleave(self.heads, dim=0)
+
+    def forward(self, item_emb_of_seq: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = item_emb_of_seq.shape
+        if length > self.max_len:
+            raise ModelsError(f"sequence length {length} exceeds max_len {self.max_len}; keep the last max_len items")
+        positions = torch.arange(length, 0, -1, device=padding.device).expand(batch, length)
+        positions = positions.masked_fill(padding, PAD)
+        x = item_emb_of_seq * math.sqrt(self.hidden) + self.pos_emb(positions)
+        x = self.emb_dropout(x)
+        mask = self._attention_mask(padding)
+        for attn_norm, attn, ff_norm, ff in zip(self.attn_norms, self.attns, self.ff_norms, self.ffs, strict=True):
+            q = attn_norm(x)
+            x = x + attn(q, q, q, attn_mask=mask, need_weights=False)[0]
+            x = x + ff(ff_norm(x))
+        return self.last_norm(x)
+
+
+class GRU4RecEncoder(SequenceEncoder):
+    """Embedding -> dropout -> GRU -> linear. Padding is skipped by packing, so the state at each
+    real position depends only on real items."""
+
+    def __init__(self, n_rows: int, hidden: int, layers: int, dropout: float, max_len: int) -> None:
+        super().__init__(n_rows, hidden, max_len)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True, bias=True)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, item_emb_of_seq: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = item_emb_of_seq.shape
+        lengths = (~padding).sum(1)
+        # Rotate each row so its items start at column 0 (packing wants right padding), run, rotate back.
+        cols = torch.arange(length, device=padding.device).expand(batch, length)
+        shift = (length - lengths).unsqueeze(1)
+        to_left = ((cols + shift) % length).unsqueeze(-1).expand(-1, -1, hidden)
+        x = self.emb_dropout(item_emb_of_seq).gather(1, to_left)
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        back = ((cols - shift) % length).unsqueeze(-1).expand(-1, -1, hidden)
+        return self.out(out.gather(1, back))
+
+
+def make_encoder(
+    kind: str, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int
+) -> SequenceEncoder:
+    """Build an encoder by name (``"sasrec"`` or ``"gru4rec"``)."""
+    if kind == "sasrec":
+        return SASRecEncoder(n_rows, hidden, layers, heads, dropout, max_len)
+    if kind == "gru4rec":
+        return GRU4RecEncoder(n_rows, hidden, layers, dropout, max_len)
+    raise ModelsError(f"unknown encoder {kind!r}; use one of {ENCODERS}")

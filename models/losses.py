@@ -1,0 +1,177 @@
+"""Training losses of the K-peer ensemble: cross-entropy, MED (DESIGN §3) and the DML baseline.
+
+Pure tensor functions. Shapes: K peers, N training interactions, V items (column 0 = padding, whose
+logit the caller has set to ``-inf``). Every loss returns ``(loss, stats)``: ``loss`` is a scalar,
+the mean over the N interactions of the per-interaction sum over peers; ``stats`` holds plain
+floats for logging.
+
+>>> import torch
+>>> z = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))     # p = (.5, .25, .25), so CE of y=0 is ln 2
+>>> round(next_item_cross_entropy(z, torch.tensor([0])).item(), 6)
+0.693147
+>>> q = torch.log(torch.tensor([[0.2, 0.6, 0.2]]))       # a second peer: p_y = 0.2
+>>> loss, _ = mutual_exclusivity_distillation([z, q], torch.tensor([0]), med_weight=1.0, med_topk=1)
+>>> round(loss.item(), 6)                               # ln2 * (1 + 1*(1 - 0.2)) + ln 5
+2.857103
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from models.errors import ModelsError
+
+Aggregate = Literal["mean", "max"]
+MedForm = Literal["weighted_ce", "unlikelihood", "exclusive"]
+MED_FORMS = ("weighted_ce", "unlikelihood", "exclusive")
+AGGREGATES = ("mean", "max")
+
+Logits = Sequence[torch.Tensor] | torch.Tensor
+
+
+def next_item_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy ``-log softmax(logits)[y]``: logits ``[N, V]``, targets ``[N]`` -> ``[N]``."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _peers(logits: Logits) -> list[torch.Tensor]:
+    peers = list(logits.unbind(0)) if isinstance(logits, torch.Tensor) else list(logits)
+    if not peers:
+        raise ModelsError("the loss needs the logits of at least one peer")
+    shape = peers[0].shape
+    if len(shape) != 2 or any(p.shape != shape for p in peers):
+        raise ModelsError(f"every peer's logits must be [N, V] of one shape, got {[tuple(p.shape) for p in peers]}")
+    return peers
+
+
+def _aggregate_others(values: torch.Tensor, how: str) -> torch.Tensor:
+    """``values`` ``[K, N]`` -> ``[K, N]``: row k aggregates the rows j != k (mean or max)."""
+    k = values.shape[0]
+    if how == "mean":
+        return (values.sum(0, keepdim=True) - values) / (k - 1)
+    if how == "max":
+        others = values.unsqueeze(0).expand(k, k, -1)  # [k, j, N]
+        eye = torch.eye(k, dtype=torch.bool, device=values.device).unsqueeze(-1)
+        return others.masked_fill(eye, float("-inf")).amax(1)
+    raise ModelsError(f"aggregate must be one of {AGGREGATES}, not {how!r}")
+
+
+def top_k_correct(logits: torch.Tensor, targets: torch.Tensor, topk: int) -> torch.Tensor:
+    """``1[y within the top-topk]`` as float ``[N]``; ties count in the target's favour (only
+    strictly greater logits push it down), so ``topk=1`` means "argmax, possibly shared".
+
+    >>> top_k_correct(torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 1.0]]), torch.tensor([2, 2]), 1).tolist()
+    [0.0, 1.0]
+    """
+    target_logit = logits.gather(1, targets.unsqueeze(1))
+    higher = (logits > target_logit).sum(1)
+    return (higher < topk).to(logits.dtype)
+
+
+def ensemble_cross_entropy(logits: Logits, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Independent peers: ``mean_N Σ_k CE^k``. Logits: K x ``[N, V]``; targets ``[N]``."""
+    peers = _peers(logits)
+    ce = torch.stack([next_item_cross_entropy(z, targets) for z in peers])  # [K, N]
+    loss = ce.sum(0).mean()
+    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach().mean())}
+
+
+def mutual_exclusivity_distillation(
+    logits: Logits,
+    targets: torch.Tensor,
+    med_weight: float = 1.0,
+    med_topk: int = 10,
+    aggregate: Aggregate | str = "mean",
+    form: MedForm | str = "weighted_ce",
+    gate: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MED as DESIGN §3 defines it: ``loss = mean_N Σ_k (CE^k + λ·MED^k)``.
+
+    Args:
+        logits: K >= 2 tensors ``[N, V]`` (or one ``[K, N, V]``), padding column at ``-inf``.
+        targets: ``[N]`` item indices (never 0).
+        med_weight: λ; 0 gives exactly ``Σ_k CE^k``.
+        med_topk: ``correct^k = 1[y within the top-med_topk of peer k]``.
+        aggregate: how ``u^{-k}`` (and, for ``exclusive``, ``correct^{-k}``) combine the other
+            peers j != k: ``"mean"`` or ``"max"``.
+        form: with ``w^k = λ·correct^k·u^{-k}`` and ``u^{-k} = agg_j stopgrad(1 - p^j_y)``:
+            ``"weighted_ce"``: ``CE^k·(1 + w^k)``;
+            ``"unlikelihood"``: ``CE^k + w^k·(1 - p^k_y)`` (grad flows through ``p^k_y``);
+            ``"exclusive"``: ``CE^k·(1 + w^k·(1 - correct^{-k}))`` - only where the others miss.
+        gate: False drops the ``correct^k`` factor (the "no correct gate" ablation).
+
+    Returns ``(loss, stats)``; stats: loss, ce (mean over peers and N), med (mean extra term per
+    peer), correct (share of correct^k), u (mean u^{-k}), active (share with a non-zero weight).
+
+    The weights are detached, so for ``weighted_ce`` ``∂loss/∂z^k = (1 + w^k)(p^k - onehot(y)) / N``.
+    """
+    peers = _peers(logits)
+    if len(peers) < 2:
+        raise ModelsError("MED needs K >= 2 peers; for one network use distill='none' (plain cross-entropy)")
+    if form not in MED_FORMS:
+        raise ModelsError(f"med_form must be one of {MED_FORMS}, not {form!r}")
+    if aggregate not in AGGREGATES:
+        raise ModelsError(f"med_aggregate must be one of {AGGREGATES}, not {aggregate!r}")
+    if med_topk < 1:
+        raise ModelsError(f"med_topk must be >= 1, not {med_topk}")
+
+    ce = torch.stack([next_item_cross_entropy(z, targets) for z in peers])  # [K, N]
+    p_y = torch.exp(-ce)  # softmax probability of the target, with grad
+    if med_weight == 0:
+        loss = ce.sum(0).mean()
+        return loss, {"loss": float(loss.detach()), "ce": float(ce.detach().mean()), "med": 0.0}
+
+    with torch.no_grad():
+        correct = torch.stack([top_k_correct(z, targets, med_topk) for z in peers])  # [K, N]
+        u = _aggregate_others(1.0 - p_y, aggregate)
+        gate_k = correct if gate else torch.ones_like(correct)
+        if form == "exclusive":
+            gate_k = gate_k * (1.0 - _aggregate_others(correct, aggregate))
+        weight = gate_k * u  # [K, N], no grad
+    extra = weight * (1.0 - p_y) if form == "unlikelihood" else weight * ce
+    loss = (ce + med_weight * extra).sum(0).mean()
+    stats = {
+        "loss": float(loss.detach()),
+        "ce": float(ce.detach().mean()),
+        "med": float(extra.detach().mean()),
+        "correct": float(correct.mean()),
+        "u": float(u.mean()),
+        "active": float((weight > 0).float().mean()),
+    }
+    return loss, stats
+
+
+def _kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher || student)`` per row ``[N]``; columns the teacher gives probability 0 (the
+    ``-inf`` padding) contribute 0 instead of ``0·(-inf - -inf) = nan``."""
+    p = teacher_logp.exp()
+    terms = torch.where(p > 0, p * (teacher_logp - student_logp), torch.zeros_like(p))
+    return terms.sum(1)
+
+
+def dml_loss(logits: Logits, targets: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Deep Mutual Learning (Zhang et al., 2018): ``mean_N Σ_k (CE^k + weight·mean_{j≠k} KL(sg(p^j) || p^k))``.
+
+    Logits: K >= 2 x ``[N, V]``; targets ``[N]``. ``weight=0`` is ``Σ_k CE^k``.
+
+    >>> z = torch.log(torch.tensor([[0.5, 0.5]])); q = torch.log(torch.tensor([[0.25, 0.75]]))
+    >>> loss, s = dml_loss([z, q], torch.tensor([0]), weight=1.0)
+    >>> round(s["kl"], 6)       # mean of KL(q||z) = .1308 and KL(z||q) = .1438
+    0.137327
+    """
+    peers = _peers(logits)
+    if len(peers) < 2:
+        raise ModelsError("DML needs K >= 2 peers; for one network use distill='none'")
+    ce = torch.stack([next_item_cross_entropy(z, targets) for z in peers])  # [K, N]
+    logp = [F.log_softmax(z, dim=1) for z in peers]
+    kls = []
+    for k, student in enumerate(logp):
+        kl_k = [_kl(teacher.detach(), student) for j, teacher in enumerate(logp) if j != k]
+        kls.append(torch.stack(kl_k).mean(0))
+    kl = torch.stack(kls)  # [K, N]
+    loss = (ce + weight * kl).sum(0).mean()
+    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach().mean()), "kl": float(kl.detach().mean())}

@@ -1,0 +1,46 @@
+"""Named model configurations: the ones the CLI's ``--model`` and the benchmarks use.
+
+| name | peers | distillation |
+|---|---|---|
+| ``hail`` | K (default 2) | MED (DESIGN §3) |
+| ``sasrec`` / ``gru4rec`` | 1 | none |
+| ``ensemble`` | K | none (λ = 0: independent peers, averaged) |
+| ``dml`` | K | DML (KL toward the other peers) |
+
+>>> c = preset("hail", peers=3, encoders=("sasrec", "gru4rec"))
+>>> c.n_peers, c.distill, c.encoders
+(3, 'med', ('sasrec', 'gru4rec'))
+>>> preset("gru4rec").n_peers, preset("ensemble").med_weight
+(1, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from models.errors import ModelsError
+from models.hail import HailConfig
+
+MODELS = ("hail", "sasrec", "gru4rec", "ensemble", "dml")
+
+
+def preset(model: str, peers: int = 2, **overrides: Any) -> HailConfig:
+    """The :class:`HailConfig` of a named model; ``overrides`` set any other field."""
+    if model == "hail":
+        config = HailConfig(n_peers=peers, distill="med")
+    elif model in ("sasrec", "gru4rec"):
+        config = HailConfig(n_peers=1, encoders=(model,), distill="none")
+    elif model == "ensemble":
+        config = HailConfig(n_peers=peers, distill="none", med_weight=0.0)
+    elif model == "dml":
+        config = HailConfig(n_peers=peers, distill="dml")
+    else:
+        raise ModelsError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if peers < 1 or (model in ("hail", "ensemble", "dml") and peers < 2):
+        raise ModelsError(f"--peers must be >= 2 for {model!r} (got {peers})")
+    known = {f.name for f in fields(HailConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ModelsError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
+    return replace(config, **overrides)

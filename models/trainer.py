@@ -1,0 +1,238 @@
+"""Offline training of a HAIL model on a leave-last-out split, and bounded fine-tuning.
+
+Each user's training sequence is cut into windows of ``max_len + 1`` items, from the end (the
+latest window is full), stride ``max_len``, so every training target is predicted exactly once
+per epoch; window ``w`` gives inputs ``w[:-1]`` and targets ``w[1:]``. The windows are built once
+as one LongTensor and shuffled per epoch by a seeded generator. Adam; early stopping on
+validation NDCG@10 (full ranking, :func:`models.evaluate.evaluate`); the best weights are kept in
+memory and restored at the end.
+
+>>> left_pad([np.array([1, 2, 3]), np.array([4])], 2).tolist()
+[[2, 3], [0, 4]]
+>>> make_windows([np.array([1, 2, 3, 4, 5, 6])], max_len=3).tolist()
+[[0, 1, 2, 3], [3, 4, 5, 6]]
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.errors import ModelsError
+from models.evaluate import ModelScorer, evaluate
+from models.hail import HAIL, HailConfig
+from models.splits import SequenceSplit
+
+EARLY_STOP_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``patience`` counts evaluations without a new best validation
+    NDCG@10; ``threads=None`` leaves torch's thread count alone; ``max_train_windows`` keeps a
+    seeded random subset of the windows (quick runs)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5
+    eval_every: int = 1
+    threads: int | None = None
+    seed: int = 0
+    progress: bool = True
+    eval_batch_size: int = 1024
+    max_train_windows: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """The trained model (best validation weights), per-epoch history, and timing."""
+
+    model: HAIL
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds_per_epoch: float = 0.0
+
+
+def left_pad(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
+    """The last ``max_len`` items of each history, left-padded with 0: LongTensor ``[B, max_len]``."""
+    out = torch.zeros((len(histories), max_len), dtype=torch.long)
+    for row, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-max_len:] if max_len > 0 else np.empty(0, np.int64)
+        if tail.size:
+            out[row, max_len - tail.size :] = torch.from_numpy(tail)
+    return out
+
+
+def make_windows(sequences: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
+    """Training windows ``[N, max_len + 1]`` (left-padded) covering every next-item target once.
+
+    A sequence of n items gives windows ending at n, n - max_len, n - 2·max_len, ...; sequences
+    shorter than 2 give none.
+    """
+    if max_len < 1:
+        raise ModelsError(f"max_len must be >= 1, not {max_len}")
+    rows: list[np.ndarray] = []
+    for seq in sequences:
+        s = np.asarray(seq, dtype=np.int64)
+        for end in range(len(s), 1, -max_len):
+            rows.append(s[max(0, end - max_len - 1) : end])
+    rows.reverse()  # oldest first: cosmetic, the trainer shuffles
+    return left_pad(rows, max_len + 1)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _step(model: HAIL, opt: torch.optim.Optimizer, batch: torch.Tensor, epoch: int) -> dict[str, float]:
+    loss, stats = model.training_loss(batch[:, :-1], batch[:, 1:], epoch=epoch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return stats
+
+
+def _validate(model: HAIL, split: SequenceSplit, batch_size: int) -> dict[str, float]:
+    m = evaluate(ModelScorer(model), split, "valid", ks=(10,), batch_size=batch_size)
+    return {"valid_ndcg@10": float(m["ndcg@10"]), "valid_hr@10": float(m["hr@10"])}
+
+
+def train(
+    split: SequenceSplit,
+    config: HailConfig | None = None,
+    train_config: TrainConfig | None = None,
+    model: HAIL | None = None,
+) -> TrainResult:
+    """Train a new HAIL (or continue ``model``) on ``split.train``; early-stop on validation NDCG@10.
+
+    Returns the model with its best validation weights restored. ``history`` has one dict per
+    epoch: epoch, loss, ce, seconds, and (when evaluated) valid_ndcg@10, valid_hr@10, plus the
+    loss statistics (e.g. MED's correct/u/active shares).
+    """
+    tc = train_config or TrainConfig()
+    if model is None:
+        model = HAIL(config or HailConfig(), split.vocab.rows)
+    elif model.n_rows < split.vocab.rows:
+        model.grow(split.vocab.rows)
+    if tc.epochs < 1 or tc.batch_size < 1 or tc.eval_every < 1:
+        raise ModelsError("epochs, batch_size and eval_every must be >= 1")
+    windows = make_windows(split.train, model.config.max_len)
+    if len(windows) == 0:
+        raise ModelsError("no training windows: every training sequence is shorter than 2 items")
+    gen = torch.Generator().manual_seed(tc.seed)
+    if tc.max_train_windows is not None and len(windows) > tc.max_train_windows:
+        windows = windows[torch.randperm(len(windows), generator=gen)[: tc.max_train_windows]]
+    windows = windows.to(next(model.parameters()).device)
+    can_validate = len(split.eval_users) > 0
+
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -1.0, 0, None
+    stale, seconds = 0, 0.0
+    with _threads(tc.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)  # dropout
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        bar = tqdm(range(1, tc.epochs + 1), desc=f"train {split.name}", unit="epoch", disable=not tc.progress)
+        for epoch in bar:
+            started = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(windows), generator=gen)
+            sums: dict[str, float] = {}
+            for start in range(0, len(windows), tc.batch_size):
+                stats = _step(model, opt, windows[order[start : start + tc.batch_size]], epoch - 1)
+                n = stats["targets"]
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + (value if key == "targets" else value * n)
+            elapsed = time.perf_counter() - started
+            seconds += elapsed
+            row = {"epoch": float(epoch), "seconds": elapsed}
+            row.update({k: v / sums["targets"] for k, v in sums.items() if k != "targets"})
+            if can_validate and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+                row.update(_validate(model, split, tc.eval_batch_size))
+                score = row["valid_ndcg@10"]
+                if score > best_score:
+                    best_score, best_epoch, stale = score, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg=f"{row.get('valid_ndcg@10', float('nan')):.4f}")
+            if can_validate and stale >= tc.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    return TrainResult(model, history, best_epoch, seconds / max(len(history), 1))
+
+
+def fine_tune(
+    model: HAIL,
+    data: torch.Tensor | Sequence[np.ndarray],
+    steps: int,
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    epoch: int | None = None,
+) -> dict[str, float]:
+    """A bounded number of optimisation steps (MED, or the model's loss) on ``data``, in place.
+
+    ``data`` is a window tensor ``[N, max_len + 1]`` (see :func:`make_windows`) or raw item
+    sequences (cut into windows here). Batches cycle through a seeded permutation. ``epoch`` is
+    what the loss sees (default: ``config.med_warmup_epochs``, i.e. distillation on). A fresh Adam
+    is used per call (no optimizer state survives a model swap or growth). The module's
+    train/eval mode is restored afterwards.
+
+    Returns ``{"steps", "loss" (mean), "first_loss", "last_loss", "seconds"}``.
+    """
+    if steps < 0 or batch_size < 1:
+        raise ModelsError(f"steps must be >= 0 and batch_size >= 1, not {steps}, {batch_size}")
+    windows = data if isinstance(data, torch.Tensor) else make_windows(data, model.config.max_len)
+    if windows.dim() != 2 or windows.shape[1] < 2:
+        raise ModelsError(f"windows must be [N, L+1] with L >= 1, got {tuple(windows.shape)}")
+    windows = windows[((windows[:, :-1] != 0) & (windows[:, 1:] != 0)).any(1)]
+    if steps == 0 or len(windows) == 0:
+        return {"steps": 0.0, "loss": float("nan"), "first_loss": float("nan"), "last_loss": float("nan"),
+                "seconds": 0.0}
+    device = next(model.parameters()).device
+    at_epoch = model.config.med_warmup_epochs if epoch is None else epoch
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(windows), generator=gen)
+    started = time.perf_counter()
+    losses: list[float] = []
+    was_training = model.training
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pos = 0
+            for _ in range(steps):
+                if pos >= len(order):
+                    order, pos = torch.randperm(len(windows), generator=gen), 0
+                idx = order[pos : pos + batch_size]
+                pos += batch_size
+                losses.append(_step(model, opt, windows[idx].to(device), at_epoch)["loss"])
+    finally:
+        model.train(was_training)
+    return {"steps": float(steps), "loss": float(np.mean(losses)), "first_loss": losses[0],
+            "last_loss": losses[-1], "seconds": time.perf_counter() - started}

@@ -1,0 +1,384 @@
+"""The Faust app of the stream worker: topics, the per-user table, ONE thin agent, and
+:func:`run_worker` to run it programmatically (no ``faust worker`` command line).
+
+The agent only moves bytes: it takes micro-batches (``settings.batch_size`` events or
+``settings.batch_timeout`` seconds), hands them to :func:`stream.worker.process_batch` and writes
+what comes back: table values (with their changelog records), predictions and dead letters, all
+sent without waiting per message (delivery is confirmed by Faust's flush before each offset
+commit, so at-least-once holds). Faust settings follow BROKER.md (fast group joins, pre-created
+topics, earliest offset reset, no exactly-once, web server off and bound to 127.0.0.1).
+
+Live counters: :attr:`WorkerRuntime.stats` in-process, and a JSON file rewritten every second
+when ``stats_path`` is given (:func:`stream.worker.read_stats` reads it).
+
+Run from a shell: ``python -m stream.app --checkpoint model.safetensors --stats stats.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+import torch
+from faust.types import TP
+
+from stream.errors import StreamError
+from stream.online import OnlineBaselines, OnlineRecommender
+from stream.prequential import Prequential
+from stream.records import dead_letter
+from stream.settings import Settings
+from stream.worker import (
+    INTERNAL_ERROR,
+    BatchResult,
+    Source,
+    WorkerStats,
+    new_prequential,
+    process_batch,
+    write_stats,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "user-state"
+PRODUCER_LINGER_S = 0.005
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Name of the user-state table's changelog topic (Faust's ``<app_id>-<table>-changelog``).
+
+    >>> changelog_topic(Settings(app_id="hs"))
+    'hs-user-state-changelog'
+    """
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
+
+
+@dataclass
+class WorkerRuntime:
+    """Everything the agent needs besides the settings: the live model, the baselines, the
+    prequential scorers and the counters. ``executor`` runs the CPU-heavy batch work off the event
+    loop (so fetching and producing continue meanwhile); ``None`` runs it inline."""
+
+    recommender: OnlineRecommender
+    baselines: OnlineBaselines | None
+    prequential: dict[str, Prequential]
+    stats: WorkerStats
+    stats_path: Path | None = None
+    stats_interval: float = 1.0
+    executor: ThreadPoolExecutor | None = None
+    send_errors: int = 0
+    _last_error: str = field(default="", repr=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON-ready data (what the stats file holds)."""
+        d = self.stats.to_dict()
+        d["send_errors"] = self.send_errors
+        d["live_model_version"] = self.recommender.version
+        return d
+
+    def write_stats(self) -> None:
+        if self.stats_path is not None:
+            write_stats(self.stats_path, self.snapshot())
+
+
+def build_runtime(
+    settings: Settings,
+    recommender: OnlineRecommender,
+    *,
+    baselines: bool = True,
+    baseline_sample_every: int = 1,
+    popularity_window: int = 1000,
+    prequential_window: int = 1000,
+    stats_path: Path | str | None = None,
+    offload: bool = True,
+) -> WorkerRuntime:
+    """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
+    has no cold-start fallback, the baselines' recent popularity becomes it."""
+    online = OnlineBaselines(popularity_window, sample_every=baseline_sample_every) if baselines else None
+    if online is not None and recommender.fallback is None:
+        recommender.fallback = online.popular
+    preq = new_prequential(settings.top_k, online, prequential_window)
+    return WorkerRuntime(
+        recommender,
+        online,
+        preq,
+        WorkerStats(preq),
+        Path(stats_path) if stats_path is not None else None,
+        executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
+    )
+
+
+def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadir: Path | str | None = None) -> faust.App:
+    """The Faust app with BROKER.md's fast-start settings, the topics (raw bytes), the changelogged
+    per-user table and, when ``runtime`` is given, the agent and the stats timer."""
+    app = faust.App(
+        settings.app_id,
+        broker=settings.faust_broker_urls(),
+        broker_credentials=settings.faust_broker_credentials(),
+        broker_session_timeout=2.0,
+        broker_heartbeat_interval=0.5,
+        broker_rebalance_timeout=2.0,
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=PRODUCER_LINGER_S,
+        web_enabled=False,
+        web_bind=settings.web_bind,
+        web_port=settings.web_port,
+        web_host=settings.web_bind,
+        store="memory://",
+        datadir=str(datadir) if datadir is not None else tempfile.mkdtemp(prefix="hailstream-faust-"),
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        autodiscover=False,
+    )
+    interactions = app.topic(
+        settings.interactions_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+    )
+    table = app.Table(
+        TABLE_NAME,
+        default=None,
+        partitions=settings.partitions,
+        # JSON both ways; no value_type: Faust would try to rebuild a Record from each dict on
+        # recovery (value_type=dict fails there), while None gives the plain dict back.
+        key_type=str,
+        help="per-user state: last max_seq_len item ids, last published top-k, last applied offset",
+    )
+
+    @table.on_recover
+    async def complete_recovery() -> None:
+        # Faust stops restoring at the high watermark that ListOffsets reports, and Tansu reports
+        # less than the real end (BROKER.md): the newest values of many users would be lost on
+        # every restart. Read the rest of the changelog (up to the fetch high watermark, which
+        # is right) before the stream resumes.
+        topic = changelog_topic(settings)
+        actives = app.assignor.assigned_actives()
+        partitions = sorted({tp.partition for tp in actives if tp.topic in (topic, settings.interactions_topic)})
+        if not partitions:
+            return
+        # Where Faust's own restore stopped (re-reading one record is harmless: last value wins).
+        restored = getattr(getattr(app.tables, "recovery", None), "active_highwaters", {})
+        start = {p: max(0, int(restored.get(TP(topic, p), 0)) - 1) for p in partitions}
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(None, read_changelog, settings, topic, start)
+        for key, value in records:
+            if value is None:
+                table.data.pop(key, None)
+            else:
+                table.data[key] = value
+        log.info("changelog catch-up: %d records after Faust's recovery on partitions %s", len(records), partitions)
+
+    if runtime is None:
+        return app
+
+    predictions_topic = settings.predictions_topic
+    dead_letter_topic = settings.dead_letter_topic
+
+    def on_sent(fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            runtime.send_errors += 1
+            msg = repr(fut.exception())
+            if msg != runtime._last_error:  # one log line per distinct error, not per message
+                runtime._last_error = msg
+                log.error("a produced message failed: %s", msg)
+
+    def get_state(user: str) -> dict[str, Any] | None:
+        value = table.data.get(user)
+        return value if isinstance(value, dict) else None
+
+    def run_batch(batch: list[Source]) -> BatchResult:
+        return process_batch(
+            batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings
+        )
+
+    @app.agent(interactions, name="hailstream-worker")
+    async def hailstream_worker(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        producer = app.producer
+        # take_events (not take) keeps each message's topic/partition/offset; it is defined on the
+        # concrete Stream only, hence the cast.
+        batches = cast("faust.Stream[Any]", stream).take_events(settings.batch_size, within=settings.batch_timeout)
+        async for events in batches:
+            batch = [
+                Source(e.message.value, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp)
+                for e in events
+            ]
+            try:
+                if runtime.executor is not None:
+                    result = await loop.run_in_executor(runtime.executor, run_batch, batch)
+                else:
+                    result = run_batch(batch)
+            except Exception as exc:  # process_batch isolates events; this is a last line of defence
+                log.exception("a batch of %d events failed; dead-lettering it", len(batch))
+                detail = f"{type(exc).__name__}: {exc}"
+                for s in batch:
+                    fut = await producer.send(
+                        dead_letter_topic, None,
+                        dead_letter(s.raw, INTERNAL_ERROR, detail, s.topic, s.partition, s.offset),
+                        None, None, None,
+                    )
+                    fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
+                runtime.stats.count_internal_errors(len(batch))
+                continue
+            sent_from = time.perf_counter()
+            for user, upd in result.updates.items():
+                # Write the store directly and send the changelog record to the partition of
+                # the event that produced it: Faust's own __setitem__ would take the partition
+                # of the stream's *current* event, which in a batch may belong to another user.
+                table.data[user] = upd.value
+                table.send_changelog(upd.partition, user, upd.value)
+            for key, value in result.predictions:
+                fut = await producer.send(predictions_topic, key, value, None, None, None)
+                fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
+            for dkey, dvalue in result.dead_letters:
+                fut = await producer.send(dead_letter_topic, dkey, dvalue, None, None, None)
+                fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
+            runtime.stats.add_busy("send", time.perf_counter() - sent_from)
+            runtime.stats.add(result)
+
+    if runtime.stats_path is not None:
+
+        @app.timer(runtime.stats_interval)
+        async def write_stats_file() -> None:
+            try:
+                runtime.write_stats()
+            except OSError as e:  # a full disk must not stop the worker
+                log.warning("cannot write worker stats to %s: %s", runtime.stats_path, e)
+
+    return app
+
+
+def read_changelog(
+    settings: Settings, topic: str, start: dict[int, int], timeout: float = 60.0
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """(key, value) of every record of ``topic``'s partitions from ``start[partition]`` to the end,
+    in offset order per partition, JSON-decoded (None = deleted). The end is the high watermark of
+    the fetch responses (ListOffsets under-reports it on Tansu). Raises :class:`StreamError` when
+    the end is not reached within ``timeout`` seconds."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(start)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp.partition])
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        deadline = time.monotonic() + timeout
+        pending = set(tps)
+        while pending:
+            if time.monotonic() > deadline:
+                raise StreamError(
+                    f"could not read changelog {topic} to its end within {timeout:g} s; is the broker overloaded?"
+                )
+            for records in consumer.poll(timeout_ms=200).values():
+                for r in records:
+                    out.append((json.loads(r.key), None if r.value is None else json.loads(r.value)))
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                # highwater is None until a fetch response for tp came back
+                if hw is not None and consumer.position(tp) >= hw:
+                    pending.discard(tp)
+        return out
+    finally:
+        consumer.close()
+
+
+def load_recommender(checkpoint_path: Path | str, *, peer: int | None = None) -> OnlineRecommender:
+    """An :class:`OnlineRecommender` serving a checkpoint written by ``models.checkpoint``; the
+    version is the checkpoint's ``meta["version"]``, else its file name."""
+    from models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    version = str(ckpt.meta.get("version") or Path(checkpoint_path).stem)
+    return OnlineRecommender(ckpt.model, ckpt.vocab, version, peer=peer)
+
+
+def run_worker(
+    settings: Settings,
+    checkpoint_path: Path | str | None = None,
+    *,
+    recommender: OnlineRecommender | None = None,
+    stats_path: Path | str | None = None,
+    baselines: bool = True,
+    baseline_sample_every: int = 1,
+    threads: int = 1,
+    datadir: Path | str | None = None,
+    ensure: bool = True,
+) -> WorkerRuntime:
+    """Run the worker in this process until SIGTERM/SIGINT; returns the runtime (final counters).
+
+    Serves ``checkpoint_path`` (or an already built ``recommender``). Must run in the main thread
+    (signal handlers). ``threads`` bounds torch's intra-op threads. With ``ensure`` the topics and
+    the table's changelog are created first (with ``settings.partitions``). The stats file, when
+    given, is rewritten every second and once more on shutdown.
+    """
+    from stream.topics import ensure_topics
+
+    if (checkpoint_path is None) == (recommender is None):
+        raise StreamError("run_worker needs exactly one of checkpoint_path or recommender")
+    settings.configure_logging()
+    torch.set_num_threads(max(1, threads))
+    if recommender is None:
+        assert checkpoint_path is not None
+        recommender = load_recommender(checkpoint_path)
+    if ensure:
+        ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+    runtime = build_runtime(
+        settings, recommender, baselines=baselines, baseline_sample_every=baseline_sample_every,
+        stats_path=stats_path,
+    )
+    app = make_app(settings, runtime, datadir=datadir)
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False,
+    )
+    log.info("worker starting: model version %s, %s", recommender.version, settings.redacted())
+    started = time.time()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    finally:
+        if runtime.executor is not None:
+            runtime.executor.shutdown(wait=True)
+        with contextlib.suppress(OSError):
+            runtime.write_stats()
+        log.info("worker stopped after %.1f s: %d events", time.time() - started, runtime.stats.events)
+    return runtime
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stream.app``: run one worker from the environment (HAILSTREAM_*) and flags."""
+    ap = argparse.ArgumentParser(prog="python -m stream.app", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, type=Path, help="model checkpoint (.safetensors) to serve")
+    ap.add_argument("--stats", type=Path, default=None, help="JSON file rewritten every second with live counters")
+    ap.add_argument("--bootstrap-servers", default=None)
+    ap.add_argument("--app-id", default=None)
+    ap.add_argument("--no-baselines", action="store_true", help="skip the baselines' prequential comparison")
+    ap.add_argument("--baseline-sample-every", type=int, default=1, help="baselines predict for 1 in N users")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--datadir", type=Path, default=None, help="Faust data directory (default: a temp dir)")
+    args = ap.parse_args(argv)
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, app_id=args.app_id)
+    run_worker(
+        settings, args.checkpoint, stats_path=args.stats, baselines=not args.no_baselines,
+        baseline_sample_every=args.baseline_sample_every, threads=args.threads, datadir=args.datadir,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The online recommender that owns the live model version, and the online baselines.
+
+:class:`OnlineRecommender` turns micro-batches of item-id histories into top-k lists with ONE
+forward pass of the live :class:`~models.hail.HAIL` model per batch. The live (model, vocabulary,
+version) triple is one immutable :class:`LiveModel`; :meth:`OnlineRecommender.swap` replaces it in
+a single reference assignment, so a batch always runs against one consistent version and a swap
+never waits for inference (the hot-swap of issue "lifecycle" builds on it).
+
+:class:`OnlineBaselines` keeps popularity (recent window), first-order Markov and user-frequency
+baselines learning from every event (River-shaped ``learn_one`` / ``predict_one``, with their own
+growing vocabulary) for the prequential comparison with the model.
+
+>>> import torch
+>>> from models.hail import HAIL, HailConfig
+>>> from models.vocab import ItemVocab
+>>> vocab = ItemVocab(["a", "b", "c"])
+>>> rec = OnlineRecommender(HAIL(HailConfig(hidden=8, layers=1, max_len=4, dropout=0.0), vocab.rows), vocab, "v1")
+>>> out = rec.recommend_batch([["a", "b"], ["zzz"]], k=2)   # "zzz" is unknown: a cold history
+>>> len(out[0][0]), out[1]                                    # no fallback given: nothing to offer
+(2, ([], []))
+>>> b = OnlineBaselines(popularity_window=10)
+>>> for user, item in [("u", "a"), ("u", "b"), ("v", "a")]:
+...     b.learn_one(user, item)
+>>> b.predict_one("u", ["a", "b"], k=2)["popularity"], b.popular(1)[0]
+(['a', 'b'], ['a'])
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.baselines import Baseline, Markov, Popularity, UserFrequency
+from models.hail import HAIL
+from models.metrics import top_k_row
+from models.trainer import left_pad
+from models.vocab import ItemVocab
+from stream.errors import StreamError
+
+Ranked = tuple[list[str], list[float]]
+"""A top-k answer: (item ids best first, their scores)."""
+
+Fallback = Callable[[int], Ranked]
+"""Gives a top-k for histories the model cannot read (no known item), e.g. :meth:`OnlineBaselines.popular`."""
+
+BASELINE_NAMES = ("popularity", "markov", "user-frequency")
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """One model version: the network, the vocabulary its rows index, and its version label."""
+
+    model: HAIL
+    vocab: ItemVocab
+    version: str
+
+
+def _check(model: HAIL, vocab: ItemVocab, version: str) -> LiveModel:
+    if vocab.rows > model.n_rows:
+        raise StreamError(
+            f"model version {version!r} has {model.n_rows} item rows but its vocabulary needs "
+            f"{vocab.rows}: grow the model first (model.grow(vocab.rows)) and fine-tune it"
+        )
+    if not str(version):
+        raise StreamError("a model version label must be a non-empty string")
+    model.eval()
+    return LiveModel(model, vocab, str(version))
+
+
+class OnlineRecommender:
+    """Top-k next items for histories of external item ids, with the live model version.
+
+    ``peer`` picks one peer network (default: the mean of all peers' log-probabilities);
+    ``fallback`` answers histories with no item the live vocabulary knows (a new user whose first
+    items are new): without one they get an empty list. Never raises on unknown ids.
+
+    The model handed to :meth:`swap` (or the constructor) must not be trained further in place:
+    train a copy and swap that in.
+    """
+
+    def __init__(
+        self,
+        model: HAIL,
+        vocab: ItemVocab,
+        version: str,
+        *,
+        peer: int | None = None,
+        fallback: Fallback | None = None,
+    ) -> None:
+        self._live = _check(model, vocab, version)
+        self._swap_lock = threading.Lock()
+        self.peer = peer
+        self.fallback = fallback
+
+    @property
+    def live(self) -> LiveModel:
+        """The current (model, vocab, version): read it once to work on one consistent version."""
+        return self._live
+
+    @property
+    def version(self) -> str:
+        return self._live.version
+
+    def swap(self, model: HAIL, vocab: ItemVocab, version: str) -> LiveModel:
+        """Install a new model version atomically (callable from any thread); returns the previous one.
+
+        Batches already running finish with the version they started with; the next batch uses
+        the new one.
+        """
+        new = _check(model, vocab, version)
+        with self._swap_lock:
+            old, self._live = self._live, new
+        return old
+
+    def encode(self, histories: Sequence[Sequence[str]], live: LiveModel | None = None) -> list[np.ndarray]:
+        """Histories as index arrays of the live vocabulary, unknown ids dropped, each cut to the
+        model's ``max_len`` most recent items."""
+        live = live or self._live
+        max_len = live.model.config.max_len
+        out = []
+        for h in histories:
+            idx = live.vocab.lookup(h)
+            idx = idx[idx > 0]
+            out.append(idx[-max_len:])
+        return out
+
+    def recommend_batch_versioned(self, histories: Sequence[Sequence[str]], k: int) -> tuple[str, list[Ranked]]:
+        """Like :meth:`recommend_batch`, also returning the version that produced the answers."""
+        if k < 1:
+            raise StreamError(f"k must be >= 1, not {k}; set HAILSTREAM_TOP_K")
+        live = self._live
+        encoded = self.encode(histories, live)
+        warm = [n for n, e in enumerate(encoded) if e.size]
+        out: list[Ranked] = [([], [])] * len(histories)
+        if warm:
+            rows_in = [encoded[n] for n in warm]
+            # Pad to the longest history of this batch, not to max_len: the encoders' output does
+            # not depend on the padding length, and attention costs grow with its square.
+            seqs = left_pad(rows_in, max(len(r) for r in rows_in))
+            with torch.inference_mode():  # lighter than recommend's own no_grad: no version counters
+                scores, indices = live.model.recommend(seqs, k, peer=self.peer)
+            rows = live.vocab.rows
+            ids = live.vocab.to_list()
+            for n, srow, irow in zip(warm, scores.tolist(), indices.tolist(), strict=True):
+                # A model may have more rows than its vocabulary names (grown ahead): skip those.
+                pairs = [(ids[i - 1], s) for i, s in zip(irow, srow, strict=True) if 0 < i < rows]
+                out[n] = ([p[0] for p in pairs], [p[1] for p in pairs])
+        if len(warm) < len(histories) and self.fallback is not None:
+            cold_answer = self.fallback(k)
+            for n in range(len(histories)):
+                if not encoded[n].size:
+                    out[n] = cold_answer
+        return live.version, out
+
+    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int) -> list[Ranked]:
+        """Top-``k`` (item ids, scores) after each history (external ids, oldest first), from ONE
+        forward pass over the whole batch. Scores are the model's mean log-probabilities."""
+        return self.recommend_batch_versioned(histories, k)[1]
+
+    def predict_one(self, history: Sequence[str], k: int = 10) -> list[str]:
+        """River-shaped single prediction: the top-``k`` item ids after ``history``."""
+        return self.recommend_batch([history], k)[0][0]
+
+    def __repr__(self) -> str:
+        return f"OnlineRecommender(version={self.version!r}, items={len(self._live.vocab)})"
+
+
+class OnlineBaselines:
+    """Popularity (last ``popularity_window`` events), Markov and user-frequency baselines that
+    learn from every event and predict per event, for the prequential comparison.
+
+    Items are mapped through the baselines' own growing :class:`ItemVocab`, so they know every item
+    the stream has shown, including those the live model has never seen. ``sample_every`` > 1
+    predicts only for users whose id hashes into a 1-in-``sample_every`` sample (learning still
+    sees every event): baseline prediction costs a full score row per event, the sample keeps it
+    off the hot path on big streams. The last prediction per user and baseline is kept here
+    (:meth:`previous`) so the next event of that user can be scored against it.
+    """
+
+    def __init__(
+        self,
+        popularity_window: int | None = 1000,
+        names: Sequence[str] = BASELINE_NAMES,
+        sample_every: int = 1,
+    ) -> None:
+        unknown = sorted(set(names) - set(BASELINE_NAMES))
+        if unknown:
+            raise StreamError(f"unknown baselines {unknown}; choose from {BASELINE_NAMES}")
+        if sample_every < 1:
+            raise StreamError(f"sample_every must be >= 1 (1 = every user), not {sample_every}")
+        self.vocab = ItemVocab()
+        self.sample_every = sample_every
+        self._popularity = Popularity(window=popularity_window)
+        made: dict[str, Baseline] = {"popularity": self._popularity, "markov": Markov(), "user-frequency": UserFrequency()}
+        self._models = {n: made[n] for n in names}
+        # Fallback popularity is used even when "popularity" is not one of the compared names.
+        self._learners = list(self._models.values())
+        if self._popularity not in self._learners:
+            self._learners.append(self._popularity)
+        self._previous: dict[str, dict[str, list[str]]] = {}
+        self._events = 0
+        self._popular_cache: tuple[int, int, Ranked] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    @property
+    def events(self) -> int:
+        """Events learned so far."""
+        return self._events
+
+    def sampled(self, user: str) -> bool:
+        """Whether ``user`` is in the prediction sample (always true with ``sample_every=1``)."""
+        return self.sample_every == 1 or zlib.crc32(user.encode()) % self.sample_every == 0
+
+    def learn_one(self, user: str, item: str, lat: float | None = None, lon: float | None = None) -> None:
+        """Learn one event (in stream order)."""
+        idx = self.vocab.add(item)
+        for m in self._learners:
+            m.learn_one(user, idx, lat, lon)
+        self._events += 1
+
+    def predict_one(self, user: str, history: Sequence[str], k: int = 10, remember: bool = True) -> dict[str, list[str]]:
+        """Each baseline's top-``k`` item ids after ``history`` (oldest first; the user's latest
+        items, as the model sees them). With ``remember`` the lists become :meth:`previous`."""
+        hist = self.vocab.lookup(history)
+        hist = hist[hist > 0]
+        out = {name: self.vocab.ids_of(m.predict_one(user, hist, k)) for name, m in self._models.items()}
+        if remember:
+            self._previous[user] = out
+        return out
+
+    def previous(self, user: str) -> dict[str, list[str]] | None:
+        """The lists predicted after ``user``'s previous event, or None (cold)."""
+        return self._previous.get(user)
+
+    def popular(self, k: int) -> Ranked:
+        """The ``k`` most popular items of the recent window (ids, counts): the cold-start answer.
+
+        Cached until the next :meth:`learn_one`, so a batch of cold users costs one ranking.
+        """
+        cache = self._popular_cache
+        if cache is not None and cache[0] == self._events and cache[1] == k:
+            return cache[2]
+        if self._events == 0:
+            answer: Ranked = ([], [])
+        else:
+            row = self._popularity.scores(np.zeros(1, dtype=np.int64), [np.zeros(0, dtype=np.int64)])[0].numpy()
+            top = top_k_row(row, k)
+            answer = (self.vocab.ids_of(top), [float(row[i]) for i in top])
+        self._popular_cache = (self._events, k, answer)
+        return answer
+
+    def baseline(self, name: str) -> Baseline:
+        """The underlying :mod:`models.baselines` object (for inspection)."""
+        return self._models[name]
+
+    def __repr__(self) -> str:
+        return f"OnlineBaselines({', '.join(self.names)}; {self._events} events, {len(self.vocab)} items)"

@@ -1,0 +1,163 @@
+"""Baselines: their defining orders, full ranking, growth, scores/predict_one agreement."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from models.baselines import (
+    Baseline,
+    Markov,
+    NearestDistance,
+    Popularity,
+    UserFrequency,
+    default_baselines,
+    haversine_km,
+    training_events,
+)
+from models.data import DEFAULT_DATA_DIR, Interactions, load_dataset
+from models.errors import ModelsError
+from models.evaluate import evaluate
+from models.metrics import top_k
+from models.splits import leave_last_out
+
+
+def toy_events(n: int = 300, n_users: int = 12, n_items: int = 20, seed: int = 0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users = np.array([f"u{x}" for x in rng.integers(0, n_users, n)], dtype=object)
+    # Skewed item draws so that popularity, transitions and revisits all carry signal.
+    items = np.array([f"i{x}" for x in rng.zipf(1.6, n) % n_items], dtype=object)
+    lat = 40.7 + rng.random(n_items)[[int(i[1:]) for i in items]] * 0.1
+    lon = -74.0 + rng.random(n_items)[[int(i[1:]) for i in items]] * 0.1
+    return Interactions("toy", users, items, np.arange(n, dtype=np.float64), lat, lon)
+
+
+def all_baselines(coords: np.ndarray) -> list[Baseline]:
+    return [Popularity(), Popularity(window=25), Markov(), UserFrequency(), NearestDistance(coords)]
+
+
+def test_popularity_counts_all_time_and_window() -> None:
+    stream = [("a", 3), ("b", 3), ("a", 1), ("c", 2), ("c", 2), ("a", 2), ("b", 4)]
+    p = Popularity().fit_events(stream)
+    assert p.predict_one("z", k=4) == [2, 3, 1, 4]
+    w = Popularity(window=3)
+    for n, (u, i) in enumerate(stream):
+        w.learn_one(u, i)
+        recent = Counter(i for _, i in stream[max(0, n - 2) : n + 1])
+        total = Counter(i for _, i in stream[: n + 1])
+        want = sorted(range(1, w.n_rows), key=lambda i: (-recent[i], -total[i], i))
+        assert w.predict_one("z", k=10) == want
+    with pytest.raises(ModelsError, match="window"):
+        Popularity(window=0)
+
+
+def test_markov_uses_same_user_transitions_and_falls_back_to_popularity() -> None:
+    m = Markov().fit_events([("a", 1), ("b", 5), ("a", 2), ("b", 1), ("b", 3), ("a", 1), ("a", 2)])
+    # user a: 1->2, 2->1, 1->2 ; user b: 5->1, 1->3. Never 5->2 (different users).
+    assert m.predict_one("q", [1], k=3) == [2, 3, 1]  # 2 (x2), 3 (x1), then popularity
+    assert m.predict_one("q", [5], k=2) == [1, 2]
+    assert m.predict_one("q", [4], k=3) == [1, 2, 3]  # unseen last item: popularity, ties by index
+    assert m.predict_one("b", None, k=1) == [1]  # b's last learned item is 3: no successor -> popular
+    assert m.predict_one("a", None, k=1) == [1]  # a's last is 2: 2->1
+    s = m.scores(np.array([0, 1]), [np.array([1]), np.array([], dtype=np.int64)])
+    assert torch.isfinite(s[:, 1:]).all() and s.shape == (2, 6)  # full ranking
+
+
+def test_user_frequency_orders_by_count_then_recency_then_popularity() -> None:
+    uf = UserFrequency().fit_events([("x", 9), ("x", 9), ("x", 9), ("x", 8), ("y", 1), ("y", 2), ("y", 1)])
+    assert uf.predict_one("n", [3, 4, 3, 5, 4, 6], k=6) == [4, 3, 6, 5, 9, 1]
+    # Without a history: what learn_one saw of the user (count, then recency).
+    assert uf.predict_one("y", None, k=3) == [1, 2, 9]
+    assert uf.predict_one("nobody", None, k=2) == [9, 1]
+
+
+def test_nearest_distance_orders_by_haversine() -> None:
+    coords = np.array([[np.nan, np.nan], [40.70, -74.00], [40.80, -74.00], [40.71, -74.00], [40.70, -74.00],
+                       [np.nan, np.nan]])
+    nd = NearestDistance(coords).fit_events([("u", 4), ("u", 4), ("u", 1)])
+    # From item 1: itself and 4 at distance 0 (4 is more popular), then 3, then 2; 5 has no place.
+    assert nd.predict_one("u", None, k=5) == [4, 1, 3, 2, 5]
+    assert nd.predict_one("v", [2], k=2) == [2, 3]
+    # A new item placed by learn_one's coordinates joins the ranking at its distance.
+    nd.learn_one("v", 6, lat=40.79, lon=-74.0)
+    assert nd.n_rows == 7 and nd.predict_one("v", [2], k=2) == [2, 6]
+    assert nd.predict_one("w", [5], k=1) == [4]  # last item without coordinates: popularity
+    with pytest.raises(ModelsError, match="coordinates"):
+        NearestDistance(None)
+
+
+def test_haversine_known_distance() -> None:
+    # One degree of latitude is ~111.2 km anywhere.
+    assert haversine_km(0.0, 0.0, np.array([1.0]), np.array([0.0]))[0] == pytest.approx(111.195, abs=0.01)
+    assert np.isnan(haversine_km(0.0, 0.0, np.array([np.nan]), np.array([0.0]))[0])
+
+
+def test_rows_grow_on_demand() -> None:
+    for b in all_baselines(np.full((3, 2), 40.0)):
+        b.learn_one("u", 2)
+        assert b.n_rows == 3
+        b.learn_one("u", 9)
+        assert b.n_rows == 10
+        s = b.scores(np.array([0]), [np.array([2, 12])])  # an item it never learned
+        assert s.shape == (1, 13) and s[0, 0] == -np.inf
+        with pytest.raises(ModelsError, match="padding"):
+            b.learn_one("u", 0)
+
+
+def test_predict_one_agrees_with_scores_and_ranking_is_full() -> None:
+    ev = toy_events()
+    split = leave_last_out(ev)
+    users = split.eval_users
+    hists = [split.history(int(u), "test") for u in users]
+    for b in all_baselines(split.item_coords):  # type: ignore[arg-type]
+        b.fit(split, events=ev)
+        s = b.scores(users, hists)
+        assert s.shape == (len(users), split.vocab.rows)
+        assert torch.isfinite(s[:, 1:]).all()
+        order = top_k(s, 10)
+        for row, (u, h) in enumerate(zip(users, hists, strict=True)):
+            assert b.predict_one(int(u), h, k=10) == order[row].tolist(), repr(b)
+
+
+def test_fit_orders() -> None:
+    ev = toy_events(seed=3)
+    split = leave_last_out(ev)
+    pairs = list(training_events(split, ev))
+    assert len(pairs) == split.n_train_interactions
+    for u in range(len(split.user_ids)):
+        assert [i for uu, i in pairs if uu == u] == split.train[u].tolist()
+    # Order-free baselines give the same state either way; a window needs the time order.
+    for make in (Popularity, Markov, UserFrequency):
+        a = make().fit(split)
+        b = make().fit(split, events=ev)
+        assert a.predict_one(0, split.history(0, "test"), 20) == b.predict_one(0, split.history(0, "test"), 20)
+    with pytest.raises(ModelsError, match="events="):
+        Popularity(window=10).fit(split)
+    # fit starts afresh.
+    p = Popularity().fit(split)
+    p.fit(split)
+    assert p._counts.sum() == split.n_train_interactions
+    with pytest.raises(ModelsError, match="made from"):
+        list(training_events(split, toy_events(seed=4)))
+
+
+def test_default_baselines_by_data() -> None:
+    split = leave_last_out(toy_events())
+    assert set(default_baselines(split)) == {"popularity", "markov", "user-frequency", "nearest-distance"}
+    split.item_coords = None
+    assert "nearest-distance" not in default_baselines(split, popularity_window=100)
+    assert "popularity@100" in default_baselines(split, popularity_window=100)
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "foursquare_nyc").is_dir(), reason="shared data not present")
+def test_reference_numbers_on_foursquare_nyc() -> None:
+    """Known leave-last-out test numbers (DESIGN §4 baselines): user frequency HR@10 ~0.56 / NDCG@10
+    ~0.38, popularity ~0.05 / 0.03. Loose bounds: they catch a broken ranking, not noise."""
+    split = leave_last_out(load_dataset("foursquare-nyc"))
+    uf = evaluate(UserFrequency().fit(split), split, "test", ks=(10,))
+    pop = evaluate(Popularity().fit(split), split, "test", ks=(10,))
+    assert 0.52 < uf["hr@10"] < 0.60 and 0.35 < uf["ndcg@10"] < 0.42
+    assert 0.03 < pop["hr@10"] < 0.07 and 0.015 < pop["ndcg@10"] < 0.045

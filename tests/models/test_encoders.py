@@ -1,0 +1,103 @@
+"""Encoders: causality, padding invariance, shared-embedding scoring, growth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.encoders import GRU4RecEncoder, SASRecEncoder, make_encoder
+from models.errors import ModelsError
+
+KINDS = ["sasrec", "gru4rec"]
+
+
+def build(kind: str, n_rows: int = 12, max_len: int = 8, dropout: float = 0.0, seed: int = 0):
+    torch.manual_seed(seed)
+    return make_encoder(kind, n_rows, hidden=16, layers=2, heads=2, dropout=dropout, max_len=max_len).eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_padding_column(kind: str) -> None:
+    enc = build(kind)
+    seq = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 0, 7]])
+    h = enc.hidden_states(seq)
+    assert h.shape == (2, 8, 16)
+    torch.testing.assert_close(enc.encode(seq), h[:, -1])
+    logits = enc.logits(enc.encode(seq))
+    assert logits.shape == (2, 12)
+    assert torch.isneginf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
+    # the one scoring place is the shared item table
+    torch.testing.assert_close(logits[:, 1:], enc.encode(seq) @ enc.item_emb.weight[1:].T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_causal(kind: str) -> None:
+    enc = build(kind)
+    a = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6]])
+    b = a.clone()
+    b[0, 5] = 9  # change position 5
+    ha, hb = enc.hidden_states(a), enc.hidden_states(b)
+    torch.testing.assert_close(ha[:, :5], hb[:, :5])
+    assert not torch.allclose(ha[:, 5:], hb[:, 5:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_left_padding_does_not_change_the_last_state(kind: str) -> None:
+    enc = build(kind)
+    items = [3, 1, 4, 1, 5]
+    short = torch.tensor([items])
+    padded = torch.tensor([[0, 0, 0, *items]])
+    mixed = torch.tensor([[0, 0, 0, *items], [2, 7, 1, 8, 2, 8, 1, 8]])  # batch with another row
+    ref = enc.encode(short)
+    torch.testing.assert_close(enc.encode(padded), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.encode(mixed)[:1], ref, atol=1e-5, rtol=1e-5)
+    # and every real position, not just the last
+    torch.testing.assert_close(enc.hidden_states(padded)[:, 3:], enc.hidden_states(short), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_padding_row_is_finite(kind: str) -> None:
+    enc = build(kind)
+    h = enc.hidden_states(torch.zeros(2, 8, dtype=torch.long))
+    assert torch.isfinite(h).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_only_in_train_mode(kind: str) -> None:
+    enc = build(kind, dropout=0.5)
+    seq = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])
+    torch.testing.assert_close(enc.encode(seq), enc.encode(seq))
+    enc.train()
+    assert not torch.allclose(enc.encode(seq), enc.encode(seq))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_grow_keeps_old_rows_bit_identical(kind: str) -> None:
+    enc = build(kind)
+    old = enc.item_emb.weight.detach().clone()
+    seq = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6]])
+    before = enc.logits(enc.encode(seq)).detach()
+    enc.grow(20, torch.Generator().manual_seed(1))
+    new = enc.item_emb.weight
+    assert new.shape == (20, 16) and enc.n_rows == 20
+    assert torch.equal(new[:12], old)
+    assert new.requires_grad
+    std = float(new[12:].detach().std())
+    assert 0.005 < std < 0.05  # drawn like the first rows (normal, std 0.02)
+    after = enc.logits(enc.encode(torch.tensor([[0, 0, 1, 2, 3, 4, 5, 19]])))
+    assert after.shape == (1, 20)
+    assert torch.equal(enc.logits(enc.encode(seq))[:, :12], before)
+    enc.grow(20)  # same size: no-op
+    with pytest.raises(ModelsError, match="shrink"):
+        enc.grow(5)
+
+
+def test_make_encoder_and_limits() -> None:
+    assert isinstance(build("sasrec"), SASRecEncoder)
+    assert isinstance(build("gru4rec"), GRU4RecEncoder)
+    with pytest.raises(ModelsError, match="unknown encoder"):
+        make_encoder("bert4rec", 10, 8, 1, 1, 0.0, 4)
+    with pytest.raises(ModelsError, match="divisible"):
+        make_encoder("sasrec", 10, 8, 1, 3, 0.0, 4)
+    with pytest.raises(ModelsError, match="max_len"):
+        build("sasrec", max_len=4).encode(torch.ones(1, 5, dtype=torch.long))

@@ -1,0 +1,176 @@
+"""docker-compose.yml, Dockerfile and .dockerignore.
+
+No container engine runs here, so the file is validated two ways: Debian's ``docker-compose``
+(1.29, ``config -q`` validates against the Compose specification without an engine; skipped with a
+reason when not installed) and structural checks that always run: the services the issue asks for,
+Kafka in KRaft mode, dependencies and volumes that exist, host ports on 127.0.0.1 only, metrics
+bound to 0.0.0.0 inside the containers, and Prometheus/Grafana configs that match the services.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.ops.prom_helpers import OPS, ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+DOCKER_COMPOSE = shutil.which("docker-compose")
+SERVICES = {"kafka", "topics", "init-model", "worker", "trainer", "replay", "prometheus", "grafana"}
+HAILSTREAM_SERVICES = {"topics", "init-model", "worker", "trainer", "replay"}
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return dict(compose()["services"])
+
+
+def env(service: dict[str, Any]) -> dict[str, str]:
+    e = service.get("environment", {})
+    if isinstance(e, list):
+        e = dict(item.split("=", 1) for item in e)
+    return {k: str(v) for k, v in e.items()}
+
+
+def run_compose(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert DOCKER_COMPOSE is not None
+    return subprocess.run(
+        [DOCKER_COMPOSE, "-f", str(path), *args], capture_output=True, text=True, timeout=120, cwd=path.parent,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
+    )
+
+
+@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
+def test_docker_compose_config_validates() -> None:
+    r = run_compose(COMPOSE, "config", "-q")
+    assert r.returncode == 0, r.stderr
+    listed = run_compose(COMPOSE, "config", "--services")
+    assert set(listed.stdout.split()) == SERVICES
+
+
+@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
+def test_docker_compose_validation_can_fail(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE.read_text().replace("    hostname: kafka\n", "    hostname: kafka\n    restartt: always\n")
+    broken.write_text(text.replace("./ops/", str(ROOT / "ops") + "/"))
+    r = run_compose(broken, "config", "-q")
+    assert r.returncode != 0 and "restartt" in r.stderr
+
+
+def test_services_and_images() -> None:
+    s = services()
+    assert set(s) == SERVICES
+    assert s["kafka"]["image"].startswith("apache/kafka:")
+    assert s["prometheus"]["image"].startswith("prom/prometheus:v")
+    assert s["grafana"]["image"].startswith("grafana/grafana:")
+    for name in HAILSTREAM_SERVICES:
+        assert s[name]["image"] == "hailstream:latest" and s[name]["build"]["dockerfile"] == "Dockerfile", name
+        assert s[name]["command"][0] in ("hailstream", "sh"), name
+    assert s["worker"]["command"][:2] == ["hailstream", "worker"]
+    assert s["trainer"]["command"] == ["hailstream", "trainer"]
+    assert s["topics"]["command"] == ["hailstream", "topics"]
+    for image in (s[n]["image"] for n in s):
+        assert ":" in image and not image.endswith(":latest") or image == "hailstream:latest", f"pin {image}"
+
+
+def test_kafka_runs_kraft_single_node() -> None:
+    kafka = services()["kafka"]
+    e = env(kafka)
+    assert set(e["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert not any("ZOOKEEPER" in k for k in e)
+    assert e["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{e['KAFKA_NODE_ID']}@kafka:9093"
+    assert "PLAINTEXT://kafka:9092" in e["KAFKA_ADVERTISED_LISTENERS"]
+    assert e["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # the topics service creates them
+    assert e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "healthcheck" in kafka
+    for name in HAILSTREAM_SERVICES:
+        assert env(services()[name])["HAILSTREAM_BOOTSTRAP_SERVERS"] == "kafka:9092", name
+
+
+def test_dependencies_exist_and_start_in_order() -> None:
+    s = services()
+    for name, svc in s.items():
+        deps = svc.get("depends_on", {})
+        for dep in deps:
+            assert dep in s, f"{name} depends on unknown service {dep}"
+    for name in ("worker", "trainer"):
+        deps = s[name]["depends_on"]
+        assert deps["kafka"]["condition"] == "service_healthy"
+        assert deps["topics"]["condition"] == "service_completed_successfully"
+        assert deps["init-model"]["condition"] == "service_completed_successfully"
+    assert s["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert s["replay"]["profiles"] == ["demo"]
+
+
+def test_volumes_are_declared_and_bind_mounts_exist() -> None:
+    c = compose()
+    declared = set(c.get("volumes", {}))
+    used = set()
+    for name, svc in c["services"].items():
+        for v in svc.get("volumes", []):
+            source, target = v.split(":")[:2]
+            if source.startswith(("./", "/", "$", "..")):
+                if source.startswith("./"):
+                    assert (ROOT / source).exists(), f"{name}: bind mount {source} does not exist"
+                continue
+            assert source in declared, f"{name}: volume {source} is not declared"
+            used.add(source)
+            assert target.startswith("/"), target
+    assert used == declared, f"declared but unused volumes: {declared - used}"
+
+
+def test_published_ports_are_loopback_only() -> None:
+    for name, svc in services().items():
+        for port in svc.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond 127.0.0.1"
+
+
+def test_metrics_bind_all_interfaces_inside_containers_and_match_prometheus() -> None:
+    s = services()
+    prom = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
+    targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in prom["scrape_configs"]}
+    for name in ("worker", "trainer"):
+        e = env(s[name])
+        assert e["HAILSTREAM_METRICS_BIND"] == "0.0.0.0", f"{name}: Prometheus scrapes over the compose network"
+        port = e["HAILSTREAM_METRICS_PORT"]
+        assert targets[f"hailstream-{name}"] == f"{name}:{port}"
+        assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    for name in HAILSTREAM_SERVICES - {"worker", "trainer"}:
+        assert "HAILSTREAM_METRICS_BIND" not in env(s[name]), f"{name} serves no metrics: keep the 127.0.0.1 default"
+
+
+def test_prometheus_and_grafana_mount_the_ops_configs() -> None:
+    s = services()
+    assert "./ops/prometheus:/etc/prometheus:ro" in s["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in s["prometheus"]["command"]
+    g = s["grafana"]["volumes"]
+    assert "./ops/grafana/provisioning:/etc/grafana/provisioning:ro" in g
+    assert "./ops/grafana/dashboards:/etc/grafana/dashboards:ro" in g
+    home = env(s["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (OPS / "grafana" / "dashboards" / Path(home).name).is_file()
+
+
+def test_dockerfile() -> None:
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms == ["python:3.11-slim"]
+    torch = re.search(r"pip install torch==(\S+) --index-url (\S+)", text)
+    assert torch and torch.group(1) == "2.13.0" and torch.group(2) == "https://download.pytorch.org/whl/cpu"
+    assert text.index("torch==") < text.index("pip install ."), "torch (CPU) must be installed before the project"
+    for path in ("pyproject.toml", "README.md", "models", "stream"):
+        assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), path
+        assert (ROOT / path).exists()
+    assert re.search(r"^USER (?!root)\w+", text, re.M), "run as a non-root user"
+    ignore = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert ignore[0] == "*" and {"!models/", "!stream/", "!pyproject.toml", "!README.md"} <= set(ignore)
