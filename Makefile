@@ -12,7 +12,8 @@ install:
 install-test:
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
-	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || echo "warning: could not install Debian's prometheus package; the Prometheus tests will be skipped"
+	@# Debian's prometheus (the real scraper + promtool) and docker-compose (validates docker-compose.yml, no engine needed)
+	@{ command -v promtool && command -v docker-compose; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose >/dev/null; } || echo "warning: could not install Debian's prometheus/docker-compose; the tests that need them will be skipped"
 
 demo: install
 	hailstream demo

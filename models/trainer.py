@@ -37,11 +37,15 @@ EARLY_STOP_METRIC = "ndcg@10"
 class TrainConfig:
     """Optimisation settings. ``patience`` counts evaluations without a new best validation
     NDCG@10; ``threads=None`` leaves torch's thread count alone; ``max_train_windows`` keeps a
-    seeded random subset of the windows (quick runs)."""
+    seeded random subset of the windows (quick runs).
+
+    Batch 64 / lr 2e-3 rather than 256 / 1e-3: on Foursquare NYC (~2.7k windows) the larger batch
+    gives only ~11 Adam steps an epoch and reached valid NDCG@10 0.26 after 20 epochs, where this
+    setting reaches 0.32 after 10, at about the same seconds per epoch."""
 
     epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.0
     patience: int = 5
     eval_every: int = 1

@@ -79,6 +79,12 @@ class OnlineRecommender:
     ``fallback`` answers histories with no item the live vocabulary knows (a new user whose first
     items are new): without one they get an empty list. Never raises on unknown ids.
 
+    ``length_buckets`` > 1 sorts a batch by history length and runs that many forward passes,
+    each padded to its own longest history: when lengths vary (a young stream, many new users)
+    this cuts the padding the model computes on (measured on the first 20k Foursquare events with
+    2 SASRec peers: 1 -> 2 -> 3 buckets = 1.0 -> 1.5 -> 1.8x the events per CPU second). The
+    answers do not change (up to float rounding).
+
     The model handed to :meth:`swap` (or the constructor) must not be trained further in place:
     train a copy and swap that in.
     """
@@ -91,8 +97,12 @@ class OnlineRecommender:
         *,
         peer: int | None = None,
         fallback: Fallback | None = None,
+        length_buckets: int = 1,
     ) -> None:
+        if length_buckets < 1:
+            raise StreamError(f"length_buckets must be >= 1 (1 = one forward pass per batch), not {length_buckets}")
         self._live = _check(model, vocab, version)
+        self.length_buckets = length_buckets
         self._swap_lock = threading.Lock()
         self.peer = peer
         self.fallback = fallback
@@ -129,6 +139,12 @@ class OnlineRecommender:
             out.append(idx[-max_len:])
         return out
 
+    def _groups(self, warm: list[int], encoded: list[np.ndarray]) -> list[list[int]]:
+        if self.length_buckets == 1 or len(warm) < 2:
+            return [warm]
+        by_length = sorted(warm, key=lambda n: len(encoded[n]))
+        return [[int(n) for n in g] for g in np.array_split(np.asarray(by_length), self.length_buckets) if len(g)]
+
     def recommend_batch_versioned(self, histories: Sequence[Sequence[str]], k: int) -> tuple[str, list[Ranked]]:
         """Like :meth:`recommend_batch`, also returning the version that produced the answers."""
         if k < 1:
@@ -138,18 +154,19 @@ class OnlineRecommender:
         warm = [n for n, e in enumerate(encoded) if e.size]
         out: list[Ranked] = [([], [])] * len(histories)
         if warm:
-            rows_in = [encoded[n] for n in warm]
-            # Pad to the longest history of this batch, not to max_len: the encoders' output does
-            # not depend on the padding length, and attention costs grow with its square.
-            seqs = left_pad(rows_in, max(len(r) for r in rows_in))
-            with torch.inference_mode():  # lighter than recommend's own no_grad: no version counters
-                scores, indices = live.model.recommend(seqs, k, peer=self.peer)
             rows = live.vocab.rows
             ids = live.vocab.to_list()
-            for n, srow, irow in zip(warm, scores.tolist(), indices.tolist(), strict=True):
-                # A model may have more rows than its vocabulary names (grown ahead): skip those.
-                pairs = [(ids[i - 1], s) for i, s in zip(irow, srow, strict=True) if 0 < i < rows]
-                out[n] = ([p[0] for p in pairs], [p[1] for p in pairs])
+            for group in self._groups(warm, encoded):
+                rows_in = [encoded[n] for n in group]
+                # Pad to the longest history of the group, not to max_len: the encoders' output
+                # does not depend on the padding length, and attention costs grow with its square.
+                seqs = left_pad(rows_in, max(len(r) for r in rows_in))
+                with torch.inference_mode():  # lighter than recommend's own no_grad
+                    scores, indices = live.model.recommend(seqs, k, peer=self.peer)
+                for n, srow, irow in zip(group, scores.tolist(), indices.tolist(), strict=True):
+                    # A model may have more rows than its vocabulary names (grown ahead): skip those.
+                    pairs = [(ids[i - 1], s) for i, s in zip(irow, srow, strict=True) if 0 < i < rows]
+                    out[n] = ([p[0] for p in pairs], [p[1] for p in pairs])
         if len(warm) < len(histories) and self.fallback is not None:
             cold_answer = self.fallback(k)
             for n in range(len(histories)):
@@ -159,7 +176,8 @@ class OnlineRecommender:
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int) -> list[Ranked]:
         """Top-``k`` (item ids, scores) after each history (external ids, oldest first), from ONE
-        forward pass over the whole batch. Scores are the model's mean log-probabilities."""
+        forward pass over the whole batch (or ``length_buckets`` passes). Scores are the model's
+        mean log-probabilities (or the chosen peer's)."""
         return self.recommend_batch_versioned(histories, k)[1]
 
     def predict_one(self, history: Sequence[str], k: int = 10) -> list[str]:

@@ -74,6 +74,7 @@ class Settings:
     web_port: int = 6066
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 9464
+    trainer_metrics_port: int = 9465
     model_dir: Path = Path("./hailstream-models")
     data_dir: Path = DEFAULT_DATA_DIR
     security_protocol: str = "PLAINTEXT"
@@ -281,7 +282,7 @@ def _validate(s: Settings) -> None:
             raise _fail(name, f"must be >= 1, got {getattr(s, name)!r}")
     if not (math.isfinite(s.batch_timeout) and s.batch_timeout >= 0):
         raise _fail("batch_timeout", f"must be a finite number of seconds >= 0, got {s.batch_timeout!r}")
-    for name in ("web_port", "metrics_port"):
+    for name in ("web_port", "metrics_port", "trainer_metrics_port"):
         if not 0 <= int(getattr(s, name)) <= 65535:
             raise _fail(name, f"must be a TCP port 0..65535, got {getattr(s, name)!r}")
     for name in s.topics + (s.app_id,):

@@ -145,7 +145,7 @@ def _already_applied(state: UserState | None, src: Source) -> bool:
 
 
 def process_batch(
-    batch: Sequence[Source],
+    batch: Sequence[Source | tuple[bytes | None, str, int, int]],
     get_state: StateGetter,
     recommender: OnlineRecommender,
     baselines: OnlineBaselines | None,
@@ -155,6 +155,7 @@ def process_batch(
 ) -> BatchResult:
     """Validate, score, update and predict a micro-batch; see the module docstring.
 
+    ``batch`` holds :class:`Source` messages or plain ``(raw, topic, partition, offset)`` tuples.
     ``get_state(user_id)`` reads the table (None for a new user); the returned ``updates`` must be
     written back by the caller. Within the batch the events of one user are applied in order, and
     each prediction sees exactly the user's sequence up to its own event. Never raises for a bad
@@ -171,7 +172,8 @@ def process_batch(
     k = settings.top_k
 
     # 1 + 3: validate and extend each user's sequence, in input order.
-    for src in batch:
+    for item in batch:
+        src = item if isinstance(item, Source) else Source(*item)
         try:
             ev = parse_interaction(src.raw, settings.max_message_bytes)
         except InvalidEvent as err:
@@ -303,7 +305,7 @@ class WorkerStats:
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
         self.first_batch_events = 0
-        self.busy: Counter[str] = Counter()
+        self.busy: dict[str, float] = {}
         self._latencies: deque[float] = deque(maxlen=latency_window)
 
     def add(self, result: BatchResult) -> None:
@@ -317,7 +319,8 @@ class WorkerStats:
         self._latencies.extend(s.latencies)
         self.model_version = result.model_version
         self.batches += 1
-        self.busy.update(s.seconds)
+        for phase, seconds in s.seconds.items():
+            self.add_busy(phase, seconds)
         self.last_batch_at = time.time()
         if self.first_batch_at is None:
             self.first_batch_at, self.first_batch_events = self.last_batch_at, s.events
@@ -329,7 +332,7 @@ class WorkerStats:
 
     def add_busy(self, phase: str, seconds: float) -> None:
         """Account time the agent spent outside :func:`process_batch` (e.g. ``"send"``)."""
-        self.busy[phase] += seconds
+        self.busy[phase] = self.busy.get(phase, 0.0) + seconds
 
     @property
     def events_per_second(self) -> float | None:

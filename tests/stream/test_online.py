@@ -140,3 +140,14 @@ def test_baseline_sampling_is_deterministic():
 def test_online_baselines_reject_bad_settings(kwargs):
     with pytest.raises(StreamError):
         OnlineBaselines(**kwargs)
+
+
+def test_length_buckets_give_the_same_answers(vocab):
+    model = tiny(max_len=8)
+    hists = [IDS[: n % 9 + 1] for n in range(20)] + [["nope"]]
+    one = OnlineRecommender(model, vocab, "v", length_buckets=1).recommend_batch(hists, 4)
+    three = OnlineRecommender(model, vocab, "v", length_buckets=3).recommend_batch(hists, 4)
+    for (i1, s1), (i3, s3) in zip(one, three, strict=True):
+        assert i1 == i3 and s1 == pytest.approx(s3, abs=1e-5)
+    with pytest.raises(StreamError):
+        OnlineRecommender(model, vocab, "v", length_buckets=0)

@@ -225,3 +225,9 @@ def test_worker_stats_and_stats_file(tmp_path):
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
     with pytest.raises(StreamError):
         read_stats(tmp_path / "missing.json")
+
+
+def test_plain_tuples_are_accepted():
+    out = process_batch([(raw("u", "a"), "in", 1, 7)], {}.get, EchoRecommender(), None, new_prequential(3), SETTINGS)
+    assert Prediction.from_json(out.predictions[0][1]).event_id == "in:1:7"
+    assert out.updates["u"].partition == 1 and out.updates["u"].value["off"] == [1, 7]

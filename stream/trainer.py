@@ -1,0 +1,405 @@
+"""``hailstream trainer``: the incremental trainer, its own process (the worker's event loop never
+waits for training).
+
+- Consumes the interactions topic with its own consumer group (``<app_id>-trainer``; kafka-python,
+  the fast session settings of BROKER.md) and feeds every valid event to a
+  :class:`stream.learner.Learner` (window, reservoir, bounded vocabulary).
+- Reads the model-updates topic (:class:`stream.updates.ControlListener`): ``drift`` messages from
+  the workers and ``trigger`` messages request a fine-tune.
+- Fine-tunes in a background thread, so consumption goes on meanwhile (torch gets ``threads``
+  intra-op threads, 1 by default, to leave the CPU to the workers); the outcome is applied in the
+  main loop: a promoted candidate becomes a new version in the model store
+  (``settings.model_dir``) and is then announced on the model-updates topic (version, checkpoint
+  path, validation metrics); a rejected one is recorded and counted.
+- Restart: resumes from the store's live version (the ``--checkpoint`` is only imported as ``v1``
+  into an empty store), and re-reads up to ``window`` events before its committed offsets to
+  refill the window (those events do not count towards the ``every_events`` trigger).
+- Serves ``/metrics`` on ``settings.metrics_bind:settings.trainer_metrics_port`` and, optionally,
+  writes a JSON stats file every second.
+
+Run from a shell: ``python -m stream.trainer --checkpoint model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream.control import CONTROL_KEY, DRIFT, TRIGGER, model_message
+from stream.errors import StreamError
+from stream.learner import Job, Learner, Outcome, TrainerConfig
+from stream.metrics import (
+    TRIGGER_REASONS,
+    Metrics,
+    MetricsServer,
+    count_trigger,
+    observe_finetune,
+    observe_lag,
+    serve_metrics,
+    set_model,
+)
+from stream.model_store import ModelStore
+from stream.records import InvalidEvent, parse_interaction
+from stream.settings import Settings
+from stream.updates import ControlListener
+from stream.worker import write_stats
+
+log = logging.getLogger(__name__)
+
+HISTORY_IN_STATS = 20
+
+
+def consumer_group(settings: Settings) -> str:
+    """The trainer's consumer group: its own, so it sees every event the workers see.
+
+    >>> consumer_group(Settings(app_id="hs"))
+    'hs-trainer'
+    """
+    return f"{settings.app_id}-trainer"
+
+
+def open_learner(settings: Settings, config: TrainerConfig, checkpoint: Path | str | None = None) -> Learner:
+    """A :class:`Learner` on the store's live version; an empty store first imports
+    ``checkpoint`` as its first promoted version."""
+    store = ModelStore(settings.model_dir)
+    latest = store.load_latest()
+    if latest is None:
+        if checkpoint is None:
+            raise StreamError(
+                f"no promoted model in {store.directory} and no --checkpoint given: pass the initial model "
+                "(hailstream train ... --out DIR; then --checkpoint DIR/model.safetensors) or set HAILSTREAM_MODEL_DIR"
+            )
+        info = store.import_checkpoint(checkpoint)
+        log.info("model store %s was empty: imported %s as %s", store.directory, checkpoint, info.label)
+        latest = store.load_latest()
+        if latest is None:
+            raise StreamError(f"the checkpoint imported into {store.directory} does not load back; check the disk")
+    info, ckpt = latest
+    log.info("trainer resumes from %s (%d items)", info.label, len(ckpt.vocab))
+    return Learner(ckpt.model, ckpt.vocab, info.label, info.version, config, store)
+
+
+class TrainerRuntime:
+    """The trainer's loop around a :class:`Learner`; :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        learner: Learner,
+        *,
+        metrics: Metrics | None = None,
+        stats_path: Path | str | None = None,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.learner = learner
+        self.metrics = metrics
+        self.stats_path = Path(stats_path) if stats_path is not None else None
+        self.stats_interval = stats_interval
+        self.stop_event = threading.Event()
+        self.events = 0
+        self.invalid = 0
+        self.warm_events = 0
+        self.announced: list[dict[str, Any]] = []
+        self.metrics_url: str | None = None
+        self._job: Job | None = None
+        self._result: Outcome | None = None
+        self._thread: threading.Thread | None = None
+        self._warm_until: dict[Any, int] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self.started_at = time.time()
+        if metrics is not None:
+            set_model(metrics, learner.live.version, len(learner.live.vocab))
+
+    # -- control messages (from the listener thread) ----------------------------------------
+    def on_control(self, msg: dict[str, Any], live: bool) -> None:
+        if not live:
+            return  # drift signals and triggers from before this process started are stale
+        if msg["type"] == DRIFT:
+            log.info("drift signal from %s: %s", msg.get("source") or "a worker", msg.get("detector"))
+            self.learner.request("drift")
+        elif msg["type"] == TRIGGER:
+            reason = str(msg.get("reason") or "manual")
+            self.learner.request(reason if reason in TRIGGER_REASONS else "manual")
+
+    # -- Kafka ------------------------------------------------------------------------------
+    def _make_consumer(self) -> Any:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        runtime = self
+        rewind = self.learner.config.window
+
+        class Rewind(ConsumerRebalanceListener):
+            # Refill the window after a restart: re-read up to `window` events before the committed
+            # offsets (spread over the partitions); they are learned but trigger nothing.
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                per = math.ceil(rewind / max(1, len(assigned)))
+                for tp in assigned:
+                    committed = consumer.committed(tp)
+                    if committed:
+                        runtime._warm_until[tp] = committed
+                        consumer.seek(tp, max(0, committed - per))
+
+        consumer = KafkaConsumer(
+            group_id=consumer_group(self.settings),
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+            auto_commit_interval_ms=1000,
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+            max_poll_records=2000,
+            **self.settings.kafka_python_kwargs(),
+        )
+        consumer.subscribe([self.settings.interactions_topic], listener=Rewind())
+        return consumer
+
+    def _consume(self, records: Sequence[Any], tp: Any) -> None:
+        warm_until = self._warm_until.get(tp, -1)
+        limit = self.settings.max_message_bytes
+        for r in records:
+            try:
+                ev = parse_interaction(r.value, limit)
+            except InvalidEvent:
+                self.invalid += 1  # the workers dead-letter it; the trainer just skips it
+                continue
+            if r.offset < warm_until:
+                self.learner.learn_one(ev.user_id, ev.item_id, ev.ts, count=False)
+                self.warm_events += 1
+            else:
+                self.learner.learn_one(ev.user_id, ev.item_id, ev.ts)
+                self.events += 1
+
+    # -- fine-tunes ---------------------------------------------------------------------------
+    def _start_job(self, reason: str) -> None:
+        job = self.learner.prepare(reason)
+        self._job, self._result = job, None
+        if self.metrics is not None:
+            count_trigger(self.metrics, reason if reason in TRIGGER_REASONS else "manual")
+        log.info("fine-tune %d starts (%s): %d training rows, %d held out, %d new and %d recycled item rows",
+                 job.seq, reason, len(job.windows), len(job.holdout), job.new_rows, job.recycled_rows)
+
+        def work() -> None:
+            self._result = self.learner.run(job)
+
+        self._thread = threading.Thread(target=work, name=f"fine-tune-{job.seq}", daemon=True)
+        self._thread.start()
+
+    def _finish_job(self) -> Outcome | None:
+        if self._thread is None or self._thread.is_alive():
+            return None
+        self._thread.join()
+        result, self._thread, self._job = self._result, None, None
+        if result is None:  # the thread died outside Learner.run's own error handling
+            return None
+        out = self.learner.finish(result)
+        if self.metrics is not None:
+            observe_finetune(self.metrics, out.outcome, out.seconds,
+                             None if math.isnan(out.last_loss) else out.last_loss,
+                             out.candidate.get("hr@10"), out.live.get("hr@10"))
+        if out.outcome == "promoted" and out.checkpoint is not None and out.number is not None:
+            self.announce(out)
+        return out
+
+    def announce(self, out: Outcome) -> None:
+        """Tell the workers: a model message on the model-updates topic (waits for the ack)."""
+        assert out.version is not None and out.number is not None and out.checkpoint is not None
+        metrics = {"candidate": out.candidate, "live": out.live, "trigger": out.reason,
+                   "requested_at": out.requested_at, "seconds": out.seconds}
+        value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics)
+        if self._producer is None:
+            from stream.replay import make_producer
+
+            self._producer = make_producer(self.settings, linger_ms=0)
+        try:
+            self._producer.send(self.settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)
+            self.announced.append(json.loads(value))
+            log.info("announced %s on %s", out.version, self.settings.model_updates_topic)
+        except Exception as e:  # the version is in the store: a restarting worker still finds it
+            log.error("could not announce %s: %s; workers pick it up from the store on restart", out.version, e)
+        if self.metrics is not None:
+            set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a fine-tune is running."""
+        return self._thread is not None
+
+    # -- the loop -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        lrn = self.learner
+        return {
+            "events": self.events,
+            "warm_events": self.warm_events,
+            "invalid": self.invalid,
+            "live_version": lrn.live.version,
+            "fine_tunes": lrn.fine_tunes,
+            "outcomes": dict(lrn.outcomes),
+            "running": self.busy,
+            "pending_request": lrn.pending_request,
+            "window": len(lrn.window),
+            "vocabulary": {"items": len(lrn.capacity.vocab), "capacity": lrn.capacity.capacity,
+                           "grown": lrn.capacity.grown, "recycled": lrn.capacity.recycled,
+                           "refused": lrn.capacity.refused},
+            "history": lrn.history[-HISTORY_IN_STATS:],
+            "announced": self.announced[-HISTORY_IN_STATS:],
+            "metrics_url": self.metrics_url,
+            "uptime_s": time.time() - self.started_at,
+            "written_at": time.time(),
+        }
+
+    def _observe_lag(self) -> None:
+        if self.metrics is None or self._consumer is None:
+            return
+        lags = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                lags[tp.partition] = hw - self._consumer.position(tp)
+        observe_lag(self.metrics, lags)
+
+    def run(self) -> None:
+        """Consume, learn, fine-tune and promote until :meth:`stop` (or SIGTERM when started by
+        :func:`run_trainer`)."""
+        listener = ControlListener(self.settings, self.on_control, name="trainer-control").start()
+        self._consumer = self._make_consumer()
+        next_stats = 0.0
+        try:
+            while not self.stop_event.is_set():
+                for tp, records in self._consumer.poll(timeout_ms=100).items():
+                    self._consume(records, tp)
+                    if self.metrics is not None:
+                        self.metrics.events_consumed.inc(len(records))
+                self._finish_job()
+                if not self.busy:
+                    reason = self.learner.due()
+                    if reason is not None:
+                        self._start_job(reason)
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + self.stats_interval
+                    self._observe_lag()
+                    self.write_stats()
+        finally:
+            listener.stop()
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+            if self._producer is not None:
+                with contextlib.suppress(Exception):
+                    self._producer.close(timeout=5)
+            self.write_stats()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def write_stats(self) -> None:
+        if self.stats_path is not None:
+            try:
+                write_stats(self.stats_path, self.snapshot())
+            except OSError as e:
+                log.warning("cannot write trainer stats to %s: %s", self.stats_path, e)
+
+
+def run_trainer(
+    settings: Settings,
+    config: TrainerConfig | None = None,
+    checkpoint: Path | str | None = None,
+    *,
+    stats_path: Path | str | None = None,
+    threads: int = 1,
+    serve: bool = True,
+) -> TrainerRuntime:
+    """Run the trainer in this process until SIGTERM/SIGINT; returns the runtime (final counters).
+    ``threads`` bounds torch's intra-op threads (fine-tuning shares the machine with workers)."""
+    from stream.topics import ensure_topics
+
+    settings.configure_logging()
+    torch.set_num_threads(max(1, threads))
+    config = config or TrainerConfig()
+    ensure_topics(settings)
+    learner = open_learner(settings, config, checkpoint)
+    metrics = Metrics(process="trainer", app_id=settings.app_id)
+    runtime = TrainerRuntime(settings, learner, metrics=metrics, stats_path=stats_path)
+    server: MetricsServer | None = None
+    if serve:
+        server = serve_metrics(metrics, settings.trainer_metrics_port, settings.metrics_bind)
+        runtime.metrics_url = server.url
+        log.info("trainer metrics on %s", server.url)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: runtime.stop())
+    try:
+        runtime.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.close()
+    return runtime
+
+
+# -- command line -----------------------------------------------------------------------------
+
+#: TrainerConfig fields settable from the command line, with their types.
+CLI_FIELDS: dict[str, type] = {
+    "window": int, "span": float, "reservoir": int, "holdout": int, "every_events": int, "every_seconds": float,
+    "min_new_events": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float, "item_capacity": int,
+    "max_users": int, "seed": int, "keep_versions": int,
+}
+
+
+def add_trainer_arguments(ap: argparse.ArgumentParser) -> None:
+    """The trainer's flags (for ``python -m stream.trainer`` and ``hailstream trainer``)."""
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="initial model, imported as v1 when the model store (HAILSTREAM_MODEL_DIR) is empty")
+    ap.add_argument("--stats-file", type=Path, default=None, help="JSON file rewritten every second with counters")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for fine-tuning")
+    ap.add_argument("--no-drift", action="store_true", help="ignore drift signals from the workers")
+    ap.add_argument("--keep-rejected", action="store_true", help="keep rejected candidates' weights in the store")
+    defaults = TrainerConfig()
+    for name, typ in CLI_FIELDS.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
+                        help=f"(default {getattr(defaults, name)})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainerConfig:
+    values: dict[str, Any] = {n: getattr(args, n) for n in CLI_FIELDS if getattr(args, n, None) is not None}
+    values["on_drift"] = not args.no_drift
+    values["keep_rejected"] = bool(args.keep_rejected)
+    return dataclasses.replace(TrainerConfig(), **values)
+
+
+def trainer_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``hailstream trainer``: run until SIGTERM/SIGINT."""
+    run_trainer(settings, config_from_args(args), args.checkpoint, stats_path=args.stats_file, threads=args.threads)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stream.trainer", description=__doc__.split("\n\n")[0])
+    add_trainer_arguments(ap)
+    ap.add_argument("--bootstrap-servers", default=None)
+    args = ap.parse_args(argv)
+    return trainer_command(Settings.from_env(bootstrap_servers=args.bootstrap_servers), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
