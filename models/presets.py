@@ -27,18 +27,18 @@ MODELS = ("hail", "sasrec", "gru4rec", "ensemble", "dml")
 
 def preset(model: str, peers: int = 2, **overrides: Any) -> HailConfig:
     """The :class:`HailConfig` of a named model; ``overrides`` set any other field."""
+    if model not in MODELS:
+        raise ModelsError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if peers < 1 or (model in ("hail", "ensemble", "dml") and peers < 2):
+        raise ModelsError(f"--peers must be >= 2 for {model!r} (got {peers})")
     if model == "hail":
         config = HailConfig(n_peers=peers, distill="med")
     elif model in ("sasrec", "gru4rec"):
         config = HailConfig(n_peers=1, encoders=(model,), distill="none")
     elif model == "ensemble":
         config = HailConfig(n_peers=peers, distill="none", med_weight=0.0)
-    elif model == "dml":
-        config = HailConfig(n_peers=peers, distill="dml")
     else:
-        raise ModelsError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    if peers < 1 or (model in ("hail", "ensemble", "dml") and peers < 2):
-        raise ModelsError(f"--peers must be >= 2 for {model!r} (got {peers})")
+        config = HailConfig(n_peers=peers, distill="dml")
     known = {f.name for f in fields(HailConfig)}
     unknown = set(overrides) - known
     if unknown:

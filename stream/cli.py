@@ -114,6 +114,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary.get("complete", False) else 1
 
 
+def _cmd_trainer(args: argparse.Namespace) -> int:
+    from stream.trainer import trainer_command
+
+    return trainer_command(_settings(args, model_dir=args.model_dir), args)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from stream.model_store import models_command
+
+    print(models_command(_settings(args, model_dir=args.model_dir), args.action, args.version,
+                         announce=not args.no_announce))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hailstream", description="Streaming next-item / next-POI recommendation with HAIL on Kafka.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -175,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors)")
     w.add_argument("--stats-file", help="write live counters as JSON to this file every second")
     w.set_defaults(func=_cmd_worker)
+
+    tr = sub.add_parser("trainer", help="run the incremental trainer: fine-tune on the stream, gate, promote, announce")
+    common(tr, kafka=True)
+    tr.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
+    from stream.trainer_config import add_trainer_arguments
+
+    add_trainer_arguments(tr)
+    tr.set_defaults(func=_cmd_trainer)
+
+    ms = sub.add_parser("models", help="list the model store's versions, promote one, or roll back the live one")
+    common(ms, kafka=True)
+    ms.add_argument("action", choices=("list", "promote", "rollback"))
+    ms.add_argument("version", nargs="?", type=int, help="version number to promote (3 for v3)")
+    ms.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
+    ms.add_argument("--no-announce", action="store_true",
+                    help="do not tell running workers on the model-updates topic (they read the store on restart)")
+    ms.set_defaults(func=_cmd_models)
 
     d = sub.add_parser("demo", help="one command: embedded broker + HAIL + worker + replay, live view, summary")
     common(d, kafka=True)

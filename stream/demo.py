@@ -36,7 +36,7 @@ from stream.errors import StreamError
 from stream.replay import block_rows, replay
 from stream.settings import Settings, env_name
 from stream.topics import ensure_topics
-from stream.worker import read_stats
+from stream.worker import MODEL_SCORER, read_stats
 
 DEMO_EPOCHS = 8
 
@@ -110,18 +110,18 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 def _live_line(s: dict[str, Any], published: int, rate: float) -> str:
     pq = s.get("prequential", {})
-    model = pq.get("model", {})
+    model = pq.get(MODEL_SCORER, {})
     pop = pq.get("popularity", {})
-    return (f"events {s.get('events', 0):>7,}/{published:<7,} {rate:7.0f}/s | HR@10 model {model.get('hr', 0):.3f} "
-            f"pop {pop.get('hr', 0):.3f} | NDCG@10 model {model.get('ndcg', 0):.3f} pop {pop.get('ndcg', 0):.3f} | "
-            f"dead letters {s.get('dead_letters', 0)} | model v{s.get('model_version', '?')}")
+    return (f"events {s.get('events', 0):>7,}/{published:<7,} {rate:7.0f}/s | HR@10 HAIL {model.get('hr@10') or 0:.3f} "
+            f"pop {pop.get('hr@10') or 0:.3f} | NDCG@10 HAIL {model.get('ndcg@10') or 0:.3f} "
+            f"pop {pop.get('ndcg@10') or 0:.3f} | dead letters {s.get('dead_letters', 0)} | "
+            f"model {s.get('model_version', '?')}")
 
 
 def summarize(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The demo's final summary: counts, prequential metrics per scorer, versions, timings."""
     scorers = {
-        name: {f"hr@{p.get('k', 10)}": p.get("hr"), f"ndcg@{p.get('k', 10)}": p.get("ndcg"),
-               f"mrr@{p.get('k', 10)}": p.get("mrr"), "scored": p.get("n"), "cold": p.get("cold")}
+        name: {key: p.get(key) for key in ("hr@10", "ndcg@10", "mrr@10", "n", "cold")}
         for name, p in stats.get("prequential", {}).items()
     }
     return {
@@ -143,7 +143,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{'scorer':<16}{'HR@10':>8}{'NDCG@10':>9}{'MRR@10':>8}{'scored':>9}"]
     for name, m in summary["prequential"].items():
         lines.append(f"{name:<16}{m['hr@10'] or 0:>8.4f}{m['ndcg@10'] or 0:>9.4f}{m['mrr@10'] or 0:>8.4f}"
-                     f"{m['scored'] or 0:>9,}")
+                     f"{m['n'] or 0:>9,}")
     lines.append(f"model versions served: {', '.join(summary['model_versions_served']) or '-'}")
     return "\n".join(lines)
 
@@ -165,7 +165,7 @@ def run_demo(
     say = print if live else (lambda *_a, **_k: None)
     if embedded is None:
         embedded = not os.environ.get(env_name("bootstrap_servers"))
-    run_dir = Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    run_dir = (Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
 
     events = load_dataset(dataset, settings.data_dir)

@@ -1,0 +1,48 @@
+"""``hailstream demo`` end to end, as a user runs it: its own embedded broker, worker and replay,
+a summary JSON that reconciles, and no process left behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.checkpoint import save_checkpoint
+from models.data import load_dataset
+from models.hail import HAIL, HailConfig
+from models.vocab import ItemVocab
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
+    ev = load_dataset("foursquare-nyc")
+    t0 = ev.take(ev.block == "T0")
+    vocab = ItemVocab(t0.items.tolist())
+    model = HAIL(HailConfig(n_peers=2, hidden=16, layers=1, max_len=20, seed=3), vocab.rows)
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, vocab, {"version": "7"})
+    summary_path = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "demo", "--limit", "600", "--checkpoint", str(ckpt),
+         "--summary-json", str(summary_path)],
+        cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["complete"] and summary["published"] == 600
+    assert summary["events"] == 600 == summary["predictions"] + summary["dead_letters"]
+    assert summary["dead_letters"] == 0
+    assert summary["model_versions_served"] == ["7"]
+    assert {"hail", "popularity", "markov", "user-frequency"} <= set(summary["prequential"])
+    hail = summary["prequential"]["hail"]
+    assert hail["n"] + hail["cold"] == 600 and 0.0 <= hail["hr@10"] <= 1.0
+    assert "HR@10" in proc.stdout and "model versions served: 7" in proc.stdout
+    # the worker and the broker the demo started are gone
+    log = (Path(summary["run_dir"]) / "worker.log").read_text()
+    assert "Traceback" not in log
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    leftovers = [line for line in out.splitlines() if str(tmp_path) in line or summary["run_dir"] in line]
+    assert not leftovers, leftovers
