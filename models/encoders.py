@@ -81,9 +81,12 @@ class SequenceEncoder(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every item for each hidden state: ``[..., H]`` -> ``[..., n_rows]``, column 0 = -inf."""
-        scores = hidden @ self.item_emb.weight.T
-        scores[..., PAD] = float("-inf")  # in place: the matmul's backward does not need its output
-        return scores
+        weight = self.item_emb.weight
+        # The padding mask rides along as the addmm bias: no extra pass over the [N, V] scores.
+        mask = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        mask[PAD] = float("-inf")
+        flat = torch.addmm(mask, hidden.reshape(-1, hidden.shape[-1]), weight.T)
+        return flat.reshape(*hidden.shape[:-1], weight.shape[0])
 
     def grow(self, n_rows: int, generator: torch.Generator | None = None) -> None:
         """Enlarge the item table to ``n_rows``; existing rows are kept bit-identical."""

@@ -67,9 +67,10 @@ def top_k_correct(logits: torch.Tensor, targets: torch.Tensor, topk: int) -> tor
     >>> top_k_correct(torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 1.0]]), torch.tensor([2, 2]), 1).tolist()
     [0.0, 1.0]
     """
-    target_logit = logits.gather(1, targets.unsqueeze(1))
-    higher = (logits > target_logit).sum(1)
-    return (higher < topk).to(logits.dtype)
+    target_logit = logits.gather(1, targets.unsqueeze(1))[:, 0]
+    # "fewer than topk strictly higher" <=> "at least the topk-th largest": one top-k pass, no [N, V] mask
+    kth = logits.topk(min(topk, logits.shape[1]), dim=1).values[:, -1]
+    return (target_logit >= kth).to(logits.dtype)
 
 
 def ensemble_cross_entropy(logits: Logits, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

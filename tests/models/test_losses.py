@@ -198,3 +198,13 @@ def test_dml_teacher_is_stopgrad() -> None:
         p0, p1 = F.softmax(zs[0], 1), F.softmax(zs[1], 1)
         expected = ((p0 - F.one_hot(y, 5).float()) + (p0 - p1)) / 3
     torch.testing.assert_close(g0, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("topk", [1, 2, 5, 40])
+def test_top_k_correct_counts_strictly_greater_logits(topk: int) -> None:
+    g = torch.Generator().manual_seed(topk)
+    z = torch.randint(0, 4, (50, 9), generator=g).float()  # many ties
+    z[:, 0] = float("-inf")
+    y = torch.randint(1, 9, (50,), generator=g)
+    strictly_greater = (z > z.gather(1, y[:, None])).sum(1)
+    assert top_k_correct(z, y, topk).tolist() == (strictly_greater < topk).float().tolist()
