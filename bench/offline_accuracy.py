@@ -143,14 +143,14 @@ def main() -> None:
             top = max(res["sweep"], key=lambda r: r["valid"]["ndcg@10"])["config"]
             best = {k: top[k] for k in best}
         res["chosen"] = best
-        for name, spec in model_rows(best).items():
-            spec = dict(spec)
-            model, peers = spec.pop("model"), spec.pop("peers", 2)
-            res["models"][name] = []
-            for seed in args.seeds:
+        # seed-major: an interrupted run still has every row for the first seeds
+        for seed in args.seeds:
+            for name, spec in model_rows(best).items():
+                spec = dict(spec)
+                model, peers = spec.pop("model"), spec.pop("peers", 2)
                 cfg = preset(model, peers=peers, seed=seed, **spec)
                 r = run_one(split, name, cfg, TrainConfig(**{**asdict(tc), "seed": seed}))
-                res["models"][name].append(r)
+                res["models"].setdefault(name, []).append(r)
                 print(f"  {name} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f} "
                       f"({r['seconds_per_epoch']:.1f} s/epoch, best epoch {r['best_epoch']})", flush=True)
                 results["datasets"][ds] = res

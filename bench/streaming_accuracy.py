@@ -49,7 +49,7 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import Interactions, load_dataset
-from models.hail import HAIL, HailConfig
+from models.hail import HAIL
 from models.presets import preset
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
@@ -89,7 +89,7 @@ def trainer_config(args: argparse.Namespace, dataset: str) -> TrainerConfig:
 def pretrain(name: str, dataset: str, part: Interactions, args: argparse.Namespace) -> tuple[HAIL, ItemVocab, dict]:
     """Pre-train (or load from the cache) the ``name`` preset on the known part of the data."""
     config = preset(name, **architecture(args))
-    tc = TrainConfig(epochs=args.epochs, patience=2, batch_size=256, lr=1e-3, seed=args.seed, progress=False,
+    tc = TrainConfig(epochs=args.epochs, patience=2, seed=args.seed, progress=False,
                      max_train_windows=args.max_train_windows)
     key = hashlib.sha256(json.dumps([dataset, len(part), dataclasses.asdict(config), dataclasses.asdict(tc)],
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--max-len", type=int, default=20)
-    ap.add_argument("--epochs", type=int, default=6, help="pre-training epochs (early stopping, patience 2)")
-    ap.add_argument("--max-train-windows", type=int, default=4000, help="pre-training windows per epoch")
+    ap.add_argument("--epochs", type=int, default=5, help="pre-training epochs (early stopping, patience 2)")
+    ap.add_argument("--max-train-windows", type=int, default=3000,
+                    help="pre-training windows (a seeded subset; Foursquare T0 has ~2.8k at max_len 20)")
     ap.add_argument("--batch", type=int, default=256, help="worker micro-batch (events)")
     ap.add_argument("--window", type=int, default=10_000)
     ap.add_argument("--holdout", type=int, default=500)
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every-events", type=int, default=None, help="default 10000 (Foursquare), 20000 (Beauty)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--ft-batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "hailstream" / "bench"))

@@ -7,6 +7,12 @@ indices of the split's (growable) vocabulary; ``n_rows`` grows on demand as new 
 Ranking is always full (every item gets a score): popularity breaks ties and fills in, and the
 remaining ties go to the lower item index, as in :mod:`models.metrics`.
 
+``predict_one`` never builds that full row for Popularity, Markov and UserFrequency: their rows
+are "evidence on a few items, popularity below", so it ranks the evidence items and fills up from
+an all-time popularity order that :class:`RankedItems` keeps sorted incrementally (one binary
+search and one list shift per changed count). The answer equals ranking the full row
+(:meth:`Baseline.predict_one_full`, tested on real events); NearestDistance still ranks a row.
+
 - :class:`Popularity` — global counts, or counts over the most recent ``window`` events.
 - :class:`Markov` — first-order item -> next-item transition counts of the same user.
 - :class:`UserFrequency` — the user's own most frequent items, then most recent, then popular.
@@ -23,8 +29,9 @@ remaining ties go to the lower item index, as in :mod:`models.metrics`.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -66,6 +73,89 @@ def training_events(split: SequenceSplit, events: Interactions) -> Iterator[tupl
             yield u, item
 
 
+class RankedItems:
+    """Items ``1..n-1`` kept in the order of the full-row ranking: integer key descending, then
+    item index ascending (the tie rule of :func:`models.metrics.top_k_row`).
+
+    Keys change one item at a time (:meth:`touch` marks an item whose key changed; the next
+    :meth:`top` moves each marked item to its place by binary search and one block shift), so
+    the first items of the order cost O(changes), not a sort of the whole vocabulary per event.
+
+    >>> keys = [0, 2, 0, 5, 2]
+    >>> r = RankedItems()
+    >>> for item in (1, 3, 4): r.touch(item)
+    >>> r.top(5, keys.__getitem__, 4)
+    [3, 1, 4, 2]
+    >>> keys[2] = 3; r.touch(2); r.top(5, keys.__getitem__, 4)
+    [3, 2, 1, 4]
+    """
+
+    def __init__(self) -> None:
+        # Plain lists: bisect and list insert/delete (a memmove) beat numpy calls at this size.
+        self._order: list[int] = []  # items by (key desc, index asc)
+        self._neg: list[int] = []  # -key of _order[p], non-decreasing
+        self._neg_of: list[int] = [0]  # item -> the -key it is filed under (row 0 unused)
+        self._pending: set[int] = set()
+
+    def grow(self, rows: int) -> None:
+        """File the items ``len(known)..rows-1`` at key 0 (last); a new item with another key must
+        also be :meth:`touch`-ed."""
+        old = len(self._neg_of)
+        if rows <= old:
+            return
+        self._order.extend(range(old, rows))
+        self._neg.extend([0] * (rows - old))
+        self._neg_of.extend([0] * (rows - old))
+
+    def touch(self, item: int) -> None:
+        """Mark ``item``'s key as changed; the order catches up lazily."""
+        self._pending.add(item)
+
+    def top(self, rows: int, key: Callable[[int], int], n: int) -> list[int]:
+        """The first ``n`` of items ``1..rows-1`` ordered by ``key(item)`` (an int >= 0) descending."""
+        self.grow(rows)
+        if self._pending:
+            if len(self._pending) > max(64, len(self._order) // 16):
+                self._rebuild(np.array([key(i) for i in range(rows)], dtype=np.int64))
+            else:
+                for item in self._pending:
+                    self._move(item, -key(item))
+            self._pending.clear()
+        return self._order[:n]
+
+    def _rebuild(self, keys: np.ndarray) -> None:
+        items = np.arange(1, keys.shape[0], dtype=np.int64)
+        neg = -keys
+        order = items[np.lexsort((items, neg[1:]))]
+        self._order = order.tolist()
+        self._neg = neg[order].tolist()
+        self._neg_of = neg.tolist()
+
+    def _move(self, item: int, neg: int) -> None:
+        old = self._neg_of[item]
+        if old == neg:
+            return
+        order, negs = self._order, self._neg
+        # Within one key the items are in index order: two bisections find the item, two its place.
+        lo = bisect.bisect_left(negs, old)
+        p = bisect.bisect_left(order, item, lo, bisect.bisect_right(negs, old, lo))
+        del order[p], negs[p]
+        lo = bisect.bisect_left(negs, neg)
+        q = bisect.bisect_left(order, item, lo, bisect.bisect_right(negs, neg, lo))
+        order.insert(q, item)
+        negs.insert(q, neg)
+        self._neg_of[item] = neg
+
+
+def _top_of(items: np.ndarray, scores: np.ndarray, k: int) -> list[int]:
+    """Top ``k`` of ``items`` by score descending, then index ascending (as ``top_k_row``)."""
+    if items.shape[0] > k:
+        kth = np.partition(scores, items.shape[0] - k)[items.shape[0] - k]
+        keep = scores >= kth
+        items, scores = items[keep], scores[keep]
+    return items[np.lexsort((items, -scores))[:k]].tolist()
+
+
 class Baseline:
     """Shared state: all-time item counts (for tie-breaks and fallback) and each user's last item.
 
@@ -83,6 +173,8 @@ class Baseline:
     def _reset(self) -> None:
         self._counts = np.zeros(1, dtype=np.float64)  # row 0 = padding, never counted
         self._last: dict[Hashable, int] = {}
+        self._max_count = 0.0
+        self._popular = RankedItems()  # all-time order: the fill-up of every fast prediction
 
     @property
     def n_rows(self) -> int:
@@ -95,7 +187,7 @@ class Baseline:
 
     def _pop_frac(self) -> np.ndarray:
         """All-time popularity squeezed into [0, 1): a tie-breaker below any integer evidence."""
-        return self._counts / (self._counts.max() + 1.0)
+        return self._counts / (self._max_count + 1.0)
 
     # -- learning ------------------------------------------------------------------------------
     def learn_one(self, user: Hashable, item: int, lat: float | None = None, lon: float | None = None) -> None:
@@ -107,6 +199,8 @@ class Baseline:
         self._grow(item + 1)
         self._learn(user, item, lat, lon)
         self._counts[item] += 1.0
+        self._max_count = max(self._max_count, self._counts[item])
+        self._popular.touch(item)
         self._last[user] = item
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
@@ -170,11 +264,49 @@ class Baseline:
 
     def predict_one(self, user: Hashable, history: History | None = None, k: int = 10) -> list[int]:
         """Top-``k`` item indices for ``user``, best first. ``history`` (oldest first) is the
-        evidence; ``None`` means: use what :meth:`learn_one` learned about this user."""
+        evidence; ``None`` means: use what :meth:`learn_one` learned about this user.
+
+        Equal to ranking the full score row (:meth:`predict_one_full`), without building it."""
+        if history is not None and len(history):
+            self._grow(int(max(history)) + 1)
+        k = max(0, min(int(k), self.n_rows - 1))
+        if k == 0:
+            return []
+        fast = self._predict_fast(user, history, k)
+        if fast is not None:
+            return fast
+        row = self._score_rows([user], [history])[0]
+        row[0] = -np.inf
+        return top_k_row(row, k)
+
+    def predict_one_full(self, user: Hashable, history: History | None = None, k: int = 10) -> list[int]:
+        """The reference :meth:`predict_one`: rank a full score row (what the fast paths equal)."""
         self._fit_width([history])
         row = self._score_rows([user], [history])[0]
         row[0] = -np.inf
         return top_k_row(row, k)
+
+    def _predict_fast(self, user: Hashable, history: History | None, k: int) -> list[int] | None:
+        """Subclass hook: the top ``k`` (1 <= k < n_rows) without a full score row, or None."""
+        return None
+
+    def _popular_order(self, n: int) -> list[int]:
+        """The first ``n`` items by all-time count (ties: lower index)."""
+        counts = self._counts
+        return self._popular.top(counts.shape[0], lambda i: int(counts[i]), n)
+
+    def _evidence_then_popular(self, evidence: dict[int, int], k: int) -> list[int]:
+        """Top ``k`` when the row is the popularity fractions (< 1) plus integer ``evidence`` >= 1 on a
+        few items: the evidence items rank first (scored exactly as the row scores them), then the
+        popular items fill up."""
+        n = len(evidence)
+        items = np.fromiter(evidence.keys(), dtype=np.int64, count=n)
+        scores = self._counts[items] / (self._max_count + 1.0)
+        scores += np.fromiter(evidence.values(), dtype=np.float64, count=n)
+        ranked = _top_of(items, scores, k)
+        if n < k:
+            ranked += [i for i in self._popular_order(k + n) if i not in evidence][: k - n]
+        return ranked
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -202,6 +334,7 @@ class Popularity(Baseline):
         super()._reset()
         self._recent: deque[int] = deque()
         self._window_counts = np.zeros(1, dtype=np.float64)
+        self._window_rank = RankedItems()  # by (window count, all-time count): see _window_keys
 
     def _grow(self, rows: int) -> None:
         if rows > self.n_rows:
@@ -212,9 +345,22 @@ class Popularity(Baseline):
         if self.window is None:
             return
         if len(self._recent) == self.window:
-            self._window_counts[self._recent.popleft()] -= 1.0
+            gone = self._recent.popleft()
+            self._window_counts[gone] -= 1.0
+            self._window_rank.touch(gone)
         self._recent.append(item)
         self._window_counts[item] += 1.0
+        self._window_rank.touch(item)
+
+    def _window_key(self, item: int) -> int:
+        # The row is window count + all-time count / (max + 1): lexicographic in (window count,
+        # all-time count) as long as counts stay below 2**26, so one integer key orders it.
+        return (int(self._window_counts[item]) << 32) + int(self._counts[item])
+
+    def _predict_fast(self, user: Hashable, history: History | None, k: int) -> list[int] | None:
+        if self.window is None:
+            return self._popular_order(k)
+        return self._window_rank.top(self.n_rows, self._window_key, k)
 
     def _row(self) -> np.ndarray:
         if self.window is None:
@@ -250,6 +396,13 @@ class Markov(Baseline):
         if prev is not None:
             nxt = self._trans.setdefault(prev, {})
             nxt[item] = nxt.get(item, 0) + 1
+
+    def _predict_fast(self, user: Hashable, history: History | None, k: int) -> list[int] | None:
+        last = self._last_item(user, history)
+        nxt = self._trans.get(last) if last is not None else None
+        if not nxt:
+            return self._popular_order(k)
+        return self._evidence_then_popular(nxt, k)
 
     def _score_rows(self, users: Sequence[Hashable], histories: Sequence[History | None]) -> np.ndarray:
         rows = np.tile(self._pop_frac(), (len(users), 1))
@@ -293,6 +446,23 @@ class UserFrequency(Baseline):
         # First index in the reversed history = last position in the history.
         last = len(h) - 1 - np.unique(h[::-1], return_index=True)[1]
         return items, counts, last
+
+    def _predict_fast(self, user: Hashable, history: History | None, k: int) -> list[int] | None:
+        # The user's items score m+1..2, above every popularity fraction: they come first, in
+        # (count desc, last seen desc) order, and popular items fill the rest.
+        if history is None:
+            own = self._user_items.get(user, {})
+            stats = {i: (c, seen) for i, (c, seen) in own.items()}
+        else:
+            stats = {}
+            for pos, i in enumerate(np.asarray(history, dtype=np.int64).tolist()):
+                if i > 0:
+                    stats[i] = (stats[i][0] + 1 if i in stats else 1, pos)
+        ranked = sorted(stats, key=lambda i: (-stats[i][0], -stats[i][1]))
+        if len(ranked) >= k:
+            return ranked[:k]
+        fill = [i for i in self._popular_order(k + len(ranked)) if i not in stats]
+        return ranked + fill[: k - len(ranked)]
 
     def _score_rows(self, users: Sequence[Hashable], histories: Sequence[History | None]) -> np.ndarray:
         rows = np.tile(self._pop_frac(), (len(users), 1))

@@ -10,6 +10,11 @@ state of the last position does not depend on how much padding precedes the sequ
   final LayerNorm.
 - :class:`GRU4RecEncoder`: embedding -> GRU -> linear (Hidasi et al. 2016, as in RecBole).
 
+Serving cost: in eval mode :meth:`SASRecEncoder.encode` takes a faster, equivalent path (up to
+float rounding) that computes only the last position's query in the final block, and drops the
+columns that are padding in every row; training and :meth:`SequenceEncoder.hidden_states` keep
+the reference all-positions path.
+
 Both share their input and output item embeddings: :meth:`SequenceEncoder.logits` is the only
 place that scores items (``h @ E^T``, padding column at ``-inf``).
 
@@ -24,9 +29,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -156,16 +163,97 @@ class SASRecEncoder(SequenceEncoder):
         batch, length, _ = item_emb_of_seq.shape
         if length > self.max_len:
             raise ModelsError(f"sequence length {length} exceeds max_len {self.max_len}; keep the last max_len items")
-        positions = torch.arange(length, 0, -1, device=padding.device).expand(batch, length)
-        positions = positions.masked_fill(padding, PAD)
-        x = item_emb_of_seq * math.sqrt(self.hidden) + self.pos_emb(positions)
-        x = self.emb_dropout(x)
+        x = self.emb_dropout(self._embed(item_emb_of_seq, padding))
         mask = self._attention_mask(padding)
         for attn_norm, attn, ff_norm, ff in zip(self.attn_norms, self.attns, self.ff_norms, self.ffs, strict=True):
             q = attn_norm(x)
             x = x + attn(q, q, q, attn_mask=mask, need_weights=False)[0]
             x = x + ff(ff_norm(x))
         return self.last_norm(x)
+
+
+    def _embed(self, item_emb_of_seq: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Scaled item embeddings plus positions counted from the end (padding gets position 0)."""
+        batch, length, _ = item_emb_of_seq.shape
+        positions = torch.arange(length, 0, -1, device=padding.device).expand(batch, length)
+        positions = positions.masked_fill(padding, PAD)
+        return item_emb_of_seq * math.sqrt(self.hidden) + self.pos_emb(positions)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden state of the last position; in eval mode via :meth:`_encode_last` (same answer,
+        about half the work per peer); in train mode via the reference path (dropout RNG order)."""
+        if self.training:
+            return super().encode(seq)
+        if seq.dim() != 2:
+            raise ModelsError(f"sequences must be a [B, L] LongTensor, got shape {tuple(seq.shape)}")
+        return self._encode_last(seq)
+
+    def _encode_last(self, seq: torch.Tensor) -> torch.Tensor:
+        """Eval-mode ``encode``: the same blocks as :meth:`forward` without dropout, written with
+        ``scaled_dot_product_attention`` and the module's own weights, where the final block
+        computes the query, attention and feed-forward of the last position only (its keys and
+        values still come from every position)."""
+        if seq.shape[1] > self.max_len:
+            raise ModelsError(f"sequence length {seq.shape[1]} exceeds max_len {self.max_len}; keep the last max_len items")
+        padding = seq == PAD
+        # Columns that are padding in every row change nothing (positions count from the end and
+        # padded keys are masked): drop them, keeping at least the last column.
+        real = (~padding).any(0)
+        first = int(real.to(torch.int8).argmax()) if bool(real.any()) else seq.shape[1] - 1
+        if first:
+            seq, padding = seq[:, first:], padding[:, first:]
+        batch, length = seq.shape
+        x = self._embed(self.item_emb(seq), padding)
+        # True = may attend (SDPA's convention): earlier-or-same non-padding keys, plus the
+        # diagonal so that an all-padding row attends to itself, exactly as in _attention_mask.
+        allowed = _causal(length, seq.device) & ~padding.unsqueeze(1)
+        allowed |= _diagonal(length, seq.device)
+        allowed = allowed.unsqueeze(1)  # [B, 1, L, L]: broadcast over heads
+        n_blocks = len(self.attns)
+        for n, (attn_norm, attn, ff_norm, ff) in enumerate(
+            zip(self.attn_norms, self.attns, self.ff_norms, self.ffs, strict=True)
+        ):
+            q = attn_norm(x)
+            if n < n_blocks - 1:
+                x = x + self._attend(attn, q, q, allowed)
+                x = x + ff(ff_norm(x))
+            else:
+                x = x[:, -1:] + self._attend(attn, q[:, -1:], q, allowed[:, :, -1:])
+                x = x + ff(ff_norm(x))
+        return self.last_norm(x[:, -1])
+
+    def _attend(
+        self, attn: nn.Module, query: torch.Tensor, source: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        """``nn.MultiheadAttention`` (eval mode, no weights returned) for ``query`` ``[B, Lq, H]``
+        over ``source`` ``[B, L, H]``; ``allowed`` is ``[B, 1, Lq, L]`` bool."""
+        assert isinstance(attn, nn.MultiheadAttention)
+        hid, heads = self.hidden, self.heads
+        weight, bias = attn.in_proj_weight, attn.in_proj_bias
+        assert bias is not None
+        batch, lq, _ = query.shape
+        if query is source:
+            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+        else:
+            q = F.linear(query, weight[:hid], bias[:hid])
+            k, v = F.linear(source, weight[hid:], bias[hid:]).chunk(2, dim=-1)
+        d = hid // heads
+        q = q.reshape(batch, lq, heads, d).transpose(1, 2)
+        k = k.reshape(batch, -1, heads, d).transpose(1, 2)
+        v = v.reshape(batch, -1, heads, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, lq, hid))
+
+
+@functools.lru_cache(maxsize=64)
+def _causal(length: int, device: torch.device) -> torch.Tensor:
+    """Lower-triangular ``[L, L]`` bool (cached per shape: the serving path asks for few shapes)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+@functools.lru_cache(maxsize=64)
+def _diagonal(length: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(length, dtype=torch.bool, device=device)
 
 
 class GRU4RecEncoder(SequenceEncoder):

@@ -11,6 +11,13 @@ topics, earliest offset reset, no exactly-once, web server off and bound to 127.
 Live counters: :attr:`WorkerRuntime.stats` in-process, and a JSON file rewritten every second
 when ``stats_path`` is given (:func:`stream.worker.read_stats` reads it).
 
+Operations (issues 3 and 4), set up by :func:`run_worker`: Prometheus metrics on
+``settings.metrics_bind:metrics_port`` (:class:`stream.monitor.WorkerMonitor`, fed per batch in the
+batch thread, plus consumer lag from the fetch high watermark once a second); drift detections
+logged, counted and published on the model-updates topic for the trainer; hot swap of announced
+model versions (:class:`stream.hotswap.HotSwapper` in a model-updates reader thread); and at
+start-up the model store's live version when it is newer than ``--checkpoint``.
+
 Run from a shell: ``python -m stream.app --checkpoint model.safetensors --stats stats.json``.
 """
 
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -34,11 +42,17 @@ import faust
 import torch
 from faust.types import TP
 
+from stream.control import CONTROL_KEY, drift_message
+from stream.drift import Detection
 from stream.errors import StreamError
+from stream.hotswap import HotSwapper, newer_in_store
+from stream.metrics import Metrics, MetricsServer, serve_metrics, set_model
+from stream.monitor import WorkerMonitor
 from stream.online import OnlineBaselines, OnlineRecommender
 from stream.prequential import Prequential
 from stream.records import dead_letter
 from stream.settings import Settings
+from stream.updates import ControlListener
 from stream.worker import (
     INTERNAL_ERROR,
     BatchResult,
@@ -78,6 +92,13 @@ class WorkerRuntime:
     stats_interval: float = 1.0
     executor: ThreadPoolExecutor | None = None
     send_errors: int = 0
+    #: metrics and drift (None: not observed), hot swap of announced versions (None: off)
+    monitor: WorkerMonitor | None = None
+    swapper: HotSwapper | None = None
+    metrics_url: str | None = None
+    #: next offset to process per interactions partition (for the consumer lag)
+    positions: dict[int, int] = field(default_factory=dict)
+    drift_published: int = 0
     _last_error: str = field(default="", repr=False)
 
     def snapshot(self) -> dict[str, Any]:
@@ -85,6 +106,15 @@ class WorkerRuntime:
         d = self.stats.to_dict()
         d["send_errors"] = self.send_errors
         d["live_model_version"] = self.recommender.version
+        d["metrics_url"] = self.metrics_url
+        if self.swapper is not None:
+            d["swaps"] = self.swapper.swaps
+            d["swap_failures"] = self.swapper.failures
+            d["last_swap"] = self.swapper.last_swap
+        if self.monitor is not None:
+            d["drift"] = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
+                          "published": self.drift_published,
+                          "states": [s.__dict__ for s in self.monitor.drift.states()]}
         return d
 
     def write_stats(self) -> None:
@@ -102,14 +132,16 @@ def build_runtime(
     prequential_window: int = 1000,
     stats_path: Path | str | None = None,
     offload: bool = True,
+    metrics: Metrics | None = None,
 ) -> WorkerRuntime:
     """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
-    has no cold-start fallback, the baselines' recent popularity becomes it."""
+    has no cold-start fallback, the baselines' recent popularity becomes it. With ``metrics``, the
+    batches are observed (metrics, drift detection) and announced versions are hot-swapped in."""
     online = OnlineBaselines(popularity_window, sample_every=baseline_sample_every) if baselines else None
     if online is not None and recommender.fallback is None:
         recommender.fallback = online.popular
     preq = new_prequential(settings.top_k, online, prequential_window)
-    return WorkerRuntime(
+    runtime = WorkerRuntime(
         recommender,
         online,
         preq,
@@ -117,6 +149,11 @@ def build_runtime(
         Path(stats_path) if stats_path is not None else None,
         executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
     )
+    if metrics is not None:
+        runtime.monitor = WorkerMonitor(metrics, preq)
+        runtime.swapper = HotSwapper(recommender, metrics)
+        set_model(metrics, recommender.version, len(recommender.live.vocab))
+    return runtime
 
 
 def fetch_wait_ms(settings: Settings) -> int:
@@ -229,10 +266,20 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         value = table.data.get(user)
         return value if isinstance(value, dict) else None
 
-    def run_batch(batch: list[Source]) -> BatchResult:
-        return process_batch(
+    def run_batch(batch: list[Source]) -> tuple[BatchResult, list[Detection]]:
+        started = time.perf_counter()
+        result = process_batch(
             batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings
         )
+        found: list[Detection] = []
+        if runtime.monitor is not None:
+            try:
+                found = runtime.monitor.after_batch(result.stats, time.perf_counter() - started)
+            except Exception:  # observability must never stop predictions
+                log.exception("observing a batch failed")
+        return result, found
+
+    drift_source = f"{settings.app_id}:{os.getpid()}"
 
     @app.agent(interactions, name="hailstream-worker")
     async def hailstream_worker(stream: faust.StreamT) -> None:
@@ -246,11 +293,14 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                 Source(e.message.value, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp)
                 for e in events
             ]
+            for s in batch:
+                if s.offset >= runtime.positions.get(s.partition, -1):
+                    runtime.positions[s.partition] = s.offset + 1
             try:
                 if runtime.executor is not None:
-                    result = await loop.run_in_executor(runtime.executor, run_batch, batch)
+                    result, found = await loop.run_in_executor(runtime.executor, run_batch, batch)
                 else:
-                    result = run_batch(batch)
+                    result, found = run_batch(batch)
             except Exception as exc:  # process_batch isolates events; this is a last line of defence
                 log.exception("a batch of %d events failed; dead-lettering it", len(batch))
                 detail = f"{type(exc).__name__}: {exc}"
@@ -276,8 +326,32 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
             for dkey, dvalue in result.dead_letters:
                 fut = await producer.send(dead_letter_topic, dkey, dvalue, None, None, None)
                 fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
+            for d in found:  # a trigger for the trainer
+                fut = await producer.send(
+                    settings.model_updates_topic, CONTROL_KEY,
+                    drift_message(d.detector, d.at_event, d.value, d.baseline, source=drift_source), None, None, None,
+                )
+                fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
+                runtime.drift_published += 1
             runtime.stats.add_busy("send", time.perf_counter() - sent_from)
             runtime.stats.add(result)
+
+    if runtime.monitor is not None:
+        monitor = runtime.monitor
+
+        @app.timer(1.0)
+        async def observe_lag() -> None:
+            # The fetch responses' high watermark (ListOffsets under-reports it, BROKER.md) minus
+            # the next offset to process; partitions with nothing processed yet are left out.
+            lags = {}
+            with contextlib.suppress(Exception):  # no assignment yet, a rebalance under way
+                for tp in app.consumer.assignment():
+                    if tp.topic != settings.interactions_topic or tp.partition not in runtime.positions:
+                        continue
+                    hw = app.consumer.highwater(tp)
+                    if hw is not None:
+                        lags[tp.partition] = max(0, hw - runtime.positions[tp.partition])
+            monitor.observe_lag(lags)
 
     if runtime.stats_path is not None:
 
@@ -353,6 +427,7 @@ def run_worker(
     datadir: Path | str | None = None,
     ensure: bool = True,
     setup: Callable[[faust.App, WorkerRuntime], None] | None = None,
+    operations: bool = True,
 ) -> WorkerRuntime:
     """Run the worker in this process until SIGTERM/SIGINT; returns the runtime (final counters).
 
@@ -363,8 +438,12 @@ def run_worker(
     The stats file, when given, is rewritten every second and once more on shutdown. Baselines
     (``baselines``, ``baseline_sample_every``) feed the prequential comparison; they cost a full
     score row per baseline and event (see :class:`~stream.online.OnlineBaselines`). ``setup(app,
-    runtime)`` runs before the worker starts: the place to add agents or timers, e.g. one that
-    hot-swaps ``runtime.recommender`` on model-update announcements.
+    runtime)`` runs before the worker starts: the place to add agents or timers.
+
+    With ``operations`` (the default) the worker also serves ``/metrics`` on
+    ``settings.metrics_bind:metrics_port`` (0 picks a free port; the URL is in the stats file),
+    detects drift, hot-swaps versions announced on the model-updates topic, and starts with the
+    model store's (``settings.model_dir``) live version when it is newer than the checkpoint.
     """
     from stream.topics import ensure_topics
 
@@ -377,10 +456,30 @@ def run_worker(
         recommender = load_recommender(checkpoint_path, peer=peer, length_buckets=length_buckets)
     if ensure:
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+    metrics: Metrics | None = None
+    server: MetricsServer | None = None
+    listener: ControlListener | None = None
+    if operations:
+        newer = newer_in_store(settings.model_dir, recommender.version)
+        if newer is not None:
+            info, ckpt = newer
+            log.info("model store %s has %s, newer than %s: serving it", settings.model_dir, info.label,
+                     recommender.version)
+            recommender.swap(ckpt.model, ckpt.vocab, info.label)
+        metrics = Metrics(process="worker", app_id=settings.app_id)
     runtime = build_runtime(
         settings, recommender, baselines=baselines, baseline_sample_every=baseline_sample_every,
-        stats_path=stats_path,
+        stats_path=stats_path, metrics=metrics,
     )
+    if metrics is not None and runtime.swapper is not None:
+        try:
+            server = serve_metrics(metrics, settings.metrics_port, settings.metrics_bind)
+            runtime.metrics_url = server.url
+            log.info("worker metrics on %s", server.url)
+        except StreamError as e:  # predictions matter more than their monitoring: keep going
+            log.error("%s; the worker runs WITHOUT a /metrics endpoint", e)
+        listener = ControlListener(settings, runtime.swapper.on_message, runtime.swapper.on_caught_up,
+                                   name="worker-model-updates").start()
     own_datadir = tempfile.TemporaryDirectory(prefix="hailstream-faust-") if datadir is None else None
     app = make_app(settings, runtime, datadir=own_datadir.name if own_datadir is not None else datadir)
     if setup is not None:
@@ -398,6 +497,12 @@ def run_worker(
     finally:
         if runtime.executor is not None:
             runtime.executor.shutdown(wait=True)
+        if listener is not None:
+            listener.stop()
+        if runtime.monitor is not None:
+            runtime.monitor.flush()
+        if server is not None:
+            server.close()
         with contextlib.suppress(OSError):
             runtime.write_stats()
         if own_datadir is not None:

@@ -58,56 +58,10 @@ from models.vocab import ItemVocab
 from stream.errors import StreamError
 from stream.model_store import ModelStore, version_label
 from stream.online import OnlineRecommender
+from stream.trainer_config import TrainerConfig
 from stream.window import TrainingWindow
 
 log = logging.getLogger(__name__)
-
-GATE_METRICS = ("hr@10", "ndcg@10", "mrr@10")
-
-
-@dataclass
-class TrainerConfig:
-    """Settings of the lifecycle (see the module docstring). ``min_idle`` (events an item must be
-    unseen before its row may be recycled) defaults to ``window``; ``item_capacity=None`` lets the
-    vocabulary grow without bound. ``keep_rejected`` keeps rejected candidates' weights in the
-    store; ``keep_versions`` promoted versions keep their weights (older ones are pruned)."""
-
-    window: int = 20000
-    span: float | None = None
-    reservoir: int = 2000
-    holdout: int = 1000
-    max_users: int = 100_000
-    every_events: int | None = 5000
-    every_seconds: float | None = None
-    on_drift: bool = True
-    min_new_events: int = 500
-    steps: int = 200
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    tolerance: float = 0.0
-    gate_metric: str = "ndcg@10"
-    k: int = 10
-    item_capacity: int | None = 100_000
-    min_idle: int | None = None
-    seed: int = 0
-    keep_rejected: bool = False
-    keep_versions: int = 10
-
-    def __post_init__(self) -> None:
-        if self.holdout < 0 or self.holdout >= self.window:
-            raise StreamError(f"holdout must be in 0..window-1 events, not {self.holdout} (window {self.window})")
-        if self.gate_metric not in GATE_METRICS:
-            raise StreamError(f"gate_metric must be one of {GATE_METRICS}, not {self.gate_metric!r}")
-        if self.k != 10:
-            raise StreamError("the validation gate scores @10 (k=10), as the prequential metrics do")
-        for name in ("every_events", "every_seconds"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise StreamError(f"{name} must be > 0 (or None to disable that trigger), not {v!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.min_new_events < 0 or self.tolerance < 0:
-            raise StreamError("steps and batch_size must be >= 1, min_new_events and tolerance >= 0")
-
 
 @dataclass(frozen=True)
 class LiveState:
@@ -223,6 +177,12 @@ class Learner:
         self._seq = 0
         self.outcomes: dict[str, int] = {"promoted": 0, "rejected": 0, "failed": 0}
         self.history: list[dict[str, Any]] = []
+
+    def set_live(self, model: HAIL, vocab: ItemVocab, version: str, number: int) -> None:
+        """Fine-tune from another version from now on (an operator's promote or rollback). A
+        fine-tune running meanwhile finishes as ``failed`` (its parent is no longer live)."""
+        model.eval()
+        self.live = LiveState(model, vocab, version, int(number))
 
     # -- the stream -------------------------------------------------------------------------
     def learn_one(self, user: str, item: str, ts: float = 0.0, count: bool = True) -> Admission:

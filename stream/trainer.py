@@ -7,7 +7,8 @@ waits for training).
 - Reads the model-updates topic (:class:`stream.updates.ControlListener`): ``drift`` messages from
   the workers and ``trigger`` messages request a fine-tune.
 - Fine-tunes in a background thread, so consumption goes on meanwhile (torch gets ``threads``
-  intra-op threads, 1 by default, to leave the CPU to the workers); the outcome is applied in the
+  intra-op threads, 1 by default, and the thread runs at a lower CPU priority, ``nice`` 10 by
+  default, so that a worker sharing the machine keeps its throughput); the outcome is applied in the
   main loop: a promoted candidate becomes a new version in the model store
   (``settings.model_dir``) and is then announced on the model-updates topic (version, checkpoint
   path, validation metrics); a rejected one is recorded and counted.
@@ -24,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -38,9 +39,9 @@ from typing import Any
 
 import torch
 
-from stream.control import CONTROL_KEY, DRIFT, TRIGGER, model_message
+from stream.control import CONTROL_KEY, DRIFT, MODEL, TRIGGER, model_message
 from stream.errors import StreamError
-from stream.learner import Job, Learner, Outcome, TrainerConfig
+from stream.learner import Job, Learner, Outcome
 from stream.metrics import (
     TRIGGER_REASONS,
     Metrics,
@@ -54,6 +55,7 @@ from stream.metrics import (
 from stream.model_store import ModelStore
 from stream.records import InvalidEvent, parse_interaction
 from stream.settings import Settings
+from stream.trainer_config import TrainerConfig, add_trainer_arguments, config_from_args
 from stream.updates import ControlListener
 from stream.worker import write_stats
 
@@ -103,8 +105,10 @@ class TrainerRuntime:
         metrics: Metrics | None = None,
         stats_path: Path | str | None = None,
         stats_interval: float = 1.0,
+        nice: int = 0,
     ) -> None:
         self.settings = settings
+        self.nice = nice
         self.learner = learner
         self.metrics = metrics
         self.stats_path = Path(stats_path) if stats_path is not None else None
@@ -119,6 +123,8 @@ class TrainerRuntime:
         self._result: Outcome | None = None
         self._thread: threading.Thread | None = None
         self._warm_until: dict[Any, int] = {}
+        self._to_rewind: set[Any] = set()
+        self._follow: dict[str, Any] | None = None
         self._consumer: Any = None
         self._producer: Any = None
         self.started_at = time.time()
@@ -135,6 +141,24 @@ class TrainerRuntime:
         elif msg["type"] == TRIGGER:
             reason = str(msg.get("reason") or "manual")
             self.learner.request(reason if reason in TRIGGER_REASONS else "manual")
+        elif msg["type"] == MODEL and msg.get("version") != self.learner.live.version:
+            # An operator promoted or rolled back (hailstream models ...): fine-tune from that one.
+            self._follow = msg
+
+    def _follow_store(self) -> None:
+        """Make the store's live version the learner's (after an operator's promote/rollback)."""
+        msg, self._follow = self._follow, None
+        store = self.learner.store
+        if msg is None or store is None:
+            return
+        found = store.load_latest()
+        if found is None or found[0].label == self.learner.live.version:
+            return
+        info, ckpt = found
+        log.info("the live version is now %s (%s): fine-tuning from it", info.label, msg.get("reason", "?"))
+        self.learner.set_live(ckpt.model, ckpt.vocab, info.label, info.version)
+        if self.metrics is not None:
+            set_model(self.metrics, info.label, len(ckpt.vocab), swapped=True)
 
     # -- Kafka ------------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
@@ -142,21 +166,15 @@ class TrainerRuntime:
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         runtime = self
-        rewind = self.learner.config.window
 
         class Rewind(ConsumerRebalanceListener):
-            # Refill the window after a restart: re-read up to `window` events before the committed
-            # offsets (spread over the partitions); they are learned but trigger nothing.
+            # Runs on kafka-python's IO thread, where blocking calls are refused: only note the
+            # partitions; the main loop rewinds them (see _rewind).
             def on_partitions_revoked(self, revoked: Any) -> None:
                 pass
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                per = math.ceil(rewind / max(1, len(assigned)))
-                for tp in assigned:
-                    committed = consumer.committed(tp)
-                    if committed:
-                        runtime._warm_until[tp] = committed
-                        consumer.seek(tp, max(0, committed - per))
+                runtime._to_rewind.update(assigned)
 
         consumer = KafkaConsumer(
             group_id=consumer_group(self.settings),
@@ -170,6 +188,22 @@ class TrainerRuntime:
         )
         consumer.subscribe([self.settings.interactions_topic], listener=Rewind())
         return consumer
+
+    def _rewind(self, polled: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """Refill the window after a (re)start: re-read up to ``window`` events (spread over the
+        newly assigned partitions) before their committed offsets; those are learned but trigger
+        nothing (:attr:`_warm_until`). Records this poll returned for a rewound partition are
+        dropped: they come again after the seek."""
+        tps, self._to_rewind = set(self._to_rewind), set()
+        per = math.ceil(self.learner.config.window / max(1, len(tps)))
+        rewound = set()
+        for tp in tps:
+            committed = self._consumer.committed(tp)
+            if committed:
+                self._warm_until[tp] = committed
+                self._consumer.seek(tp, max(0, committed - per))
+                rewound.add(tp)
+        return {tp: r for tp, r in polled.items() if tp not in rewound}
 
     def _consume(self, records: Sequence[Any], tp: Any) -> None:
         warm_until = self._warm_until.get(tp, -1)
@@ -197,6 +231,11 @@ class TrainerRuntime:
                  job.seq, reason, len(job.windows), len(job.holdout), job.new_rows, job.recycled_rows)
 
         def work() -> None:
+            if self.nice:
+                # Linux gives each thread its own priority: only the fine-tune yields the CPU, the
+                # consumer loop keeps pace with the stream.
+                with contextlib.suppress(OSError, AttributeError):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             self._result = self.learner.run(job)
 
         self._thread = threading.Thread(target=work, name=f"fine-tune-{job.seq}", daemon=True)
@@ -283,11 +322,16 @@ class TrainerRuntime:
         next_stats = 0.0
         try:
             while not self.stop_event.is_set():
-                for tp, records in self._consumer.poll(timeout_ms=100).items():
+                polled = self._consumer.poll(timeout_ms=100)
+                if self._to_rewind:
+                    polled = self._rewind(polled)
+                for tp, records in polled.items():
                     self._consume(records, tp)
                     if self.metrics is not None:
                         self.metrics.events_consumed.inc(len(records))
                 self._finish_job()
+                if self._follow is not None:
+                    self._follow_store()
                 if not self.busy:
                     reason = self.learner.due()
                     if reason is not None:
@@ -324,10 +368,12 @@ def run_trainer(
     *,
     stats_path: Path | str | None = None,
     threads: int = 1,
+    nice: int = 10,
     serve: bool = True,
 ) -> TrainerRuntime:
     """Run the trainer in this process until SIGTERM/SIGINT; returns the runtime (final counters).
-    ``threads`` bounds torch's intra-op threads (fine-tuning shares the machine with workers)."""
+    ``threads`` bounds torch's intra-op threads and ``nice`` lowers the fine-tune thread's CPU
+    priority (fine-tuning shares the machine with workers; 0 = as the rest)."""
     from stream.topics import ensure_topics
 
     settings.configure_logging()
@@ -336,7 +382,7 @@ def run_trainer(
     ensure_topics(settings)
     learner = open_learner(settings, config, checkpoint)
     metrics = Metrics(process="trainer", app_id=settings.app_id)
-    runtime = TrainerRuntime(settings, learner, metrics=metrics, stats_path=stats_path)
+    runtime = TrainerRuntime(settings, learner, metrics=metrics, stats_path=stats_path, nice=nice)
     server: MetricsServer | None = None
     if serve:
         server = serve_metrics(metrics, settings.trainer_metrics_port, settings.metrics_bind)
@@ -358,38 +404,10 @@ def run_trainer(
 
 # -- command line -----------------------------------------------------------------------------
 
-#: TrainerConfig fields settable from the command line, with their types.
-CLI_FIELDS: dict[str, type] = {
-    "window": int, "span": float, "reservoir": int, "holdout": int, "every_events": int, "every_seconds": float,
-    "min_new_events": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float, "item_capacity": int,
-    "max_users": int, "seed": int, "keep_versions": int,
-}
-
-
-def add_trainer_arguments(ap: argparse.ArgumentParser) -> None:
-    """The trainer's flags (for ``python -m stream.trainer`` and ``hailstream trainer``)."""
-    ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="initial model, imported as v1 when the model store (HAILSTREAM_MODEL_DIR) is empty")
-    ap.add_argument("--stats-file", type=Path, default=None, help="JSON file rewritten every second with counters")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for fine-tuning")
-    ap.add_argument("--no-drift", action="store_true", help="ignore drift signals from the workers")
-    ap.add_argument("--keep-rejected", action="store_true", help="keep rejected candidates' weights in the store")
-    defaults = TrainerConfig()
-    for name, typ in CLI_FIELDS.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                        help=f"(default {getattr(defaults, name)})")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainerConfig:
-    values: dict[str, Any] = {n: getattr(args, n) for n in CLI_FIELDS if getattr(args, n, None) is not None}
-    values["on_drift"] = not args.no_drift
-    values["keep_rejected"] = bool(args.keep_rejected)
-    return dataclasses.replace(TrainerConfig(), **values)
-
-
 def trainer_command(settings: Settings, args: argparse.Namespace) -> int:
     """``hailstream trainer``: run until SIGTERM/SIGINT."""
-    run_trainer(settings, config_from_args(args), args.checkpoint, stats_path=args.stats_file, threads=args.threads)
+    run_trainer(settings, config_from_args(args), args.checkpoint, stats_path=args.stats_file, threads=args.threads,
+                nice=args.nice)
     return 0
 
 

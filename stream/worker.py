@@ -32,7 +32,7 @@ import os
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,6 +89,10 @@ class BatchStats:
     #: wall seconds per phase: "prepare" (validate, sequences), "inference" (the forward pass),
     #: "finish" (prequential, baselines, building the predictions)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: one entry per valid event, in input order: (prequential hit@k of the prediction published
+    #: before it, or None when cold; its item id; whether the live model's vocabulary knows the
+    #: item), what the drift detectors (:class:`stream.drift.DriftMonitor`) are fed with
+    per_event: list[tuple[float | None, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +136,11 @@ class _Pending:
     prev: list[str] | None  # prediction from the table (an earlier batch) ...
     prev_index: int | None  # ... or from an earlier event of this batch (its index in `pending`)
     state: UserState
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 def _internal_error(src: Source, exc: BaseException) -> tuple[bytes | None, bytes]:
@@ -208,6 +217,9 @@ def process_batch(
 
     # 4: one forward pass for the whole batch (per-event retry only if the batch fails).
     t1 = time.perf_counter()
+    # For the drift detectors' unseen-item share (a duck-typed recommender may have no vocabulary).
+    live = getattr(recommender, "live", None)
+    known: Container[str] = live.vocab if live is not None else _Everything()
     version, answers = _recommend(recommender, [p.items for p in pending], k)
     t2 = time.perf_counter()
 
@@ -222,7 +234,11 @@ def process_batch(
             if prev is None:
                 stats.cold += 1
             if model_preq is not None:
-                model_preq.update(prev, p.item)
+                score = model_preq.update(prev, p.item)
+                hit = None if score is None else score[0]
+            else:
+                hit = None if prev is None else float(p.item in prev[:k])
+            stats.per_event.append((hit, p.item, p.item in known))
             if baselines is not None:
                 sampled = baselines.sampled(p.user)
                 if sampled:

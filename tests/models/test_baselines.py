@@ -13,6 +13,7 @@ from models.baselines import (
     Markov,
     NearestDistance,
     Popularity,
+    RankedItems,
     UserFrequency,
     default_baselines,
     haversine_km,
@@ -161,3 +162,74 @@ def test_reference_numbers_on_foursquare_nyc() -> None:
     pop = evaluate(Popularity().fit(split), split, "test", ks=(10,))
     assert 0.52 < uf["hr@10"] < 0.60 and 0.35 < uf["ndcg@10"] < 0.42
     assert 0.03 < pop["hr@10"] < 0.07 and 0.015 < pop["ndcg@10"] < 0.045
+
+
+# -- fast predict_one (no full score row) equals the full-row ranking -------------------------------
+
+
+def test_ranked_items_follow_key_desc_index_asc_under_random_updates() -> None:
+    rng = np.random.default_rng(7)
+    keys = np.zeros(30, dtype=np.int64)
+    ranked = RankedItems()
+    for step in range(600):
+        if step % 50 == 0:  # the vocabulary grows (new items arrive with key 0, some touched at once)
+            keys = np.concatenate([keys, np.zeros(int(rng.integers(1, 6)), dtype=np.int64)])
+            if step % 100 == 0:
+                keys[-1] = 3
+                ranked.touch(len(keys) - 1)
+        for _ in range(int(rng.integers(1, 4))):  # up and down moves, ties on purpose (small keys)
+            item = int(rng.integers(1, len(keys)))
+            keys[item] = max(0, keys[item] + int(rng.choice([-1, 1, 1, 2])))
+            ranked.touch(item)
+        if step % 7 == 0 or step > 560:
+            want = (np.lexsort((np.arange(1, len(keys)), -keys[1:])) + 1).tolist()
+            key = keys.tolist().__getitem__
+            assert ranked.top(len(keys), key, len(keys)) == want
+            assert ranked.top(len(keys), key, 5) == want[:5]
+
+
+def test_many_pending_changes_rebuild_the_order() -> None:
+    keys = np.arange(200, dtype=np.int64) % 7
+    ranked = RankedItems()
+    for i in range(1, 200):
+        ranked.touch(i)
+    assert ranked.top(200, lambda i: int(keys[i]), 4) == [6, 13, 20, 27]
+    keys[1:] = 200 - np.arange(1, 200)
+    for i in range(1, 200):
+        ranked.touch(i)
+    assert ranked.top(200, lambda i: int(keys[i]), 3) == [1, 2, 3]
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "foursquare_nyc").is_dir(), reason="shared data not present")
+def test_fast_predict_one_equals_full_row_on_real_nyc_events() -> None:
+    """Stream real events as the worker does (learn, then predict with the latest 50 items) and
+    compare with ranking the full score row, for every baseline, several k, and the
+    history-less (learned state) variant."""
+    events = load_dataset("foursquare-nyc").head(4000)
+    ids: dict[str, int] = {}
+    items = [ids.setdefault(i, len(ids) + 1) for i in events.items.tolist()]
+    coords = np.full((len(ids) + 1, 2), np.nan)
+    assert events.lat is not None and events.lon is not None
+    lat, lon = events.lat, events.lon
+    coords[items] = np.stack([lat, lon], 1)
+    models = [Popularity(), Popularity(window=300), Markov(), UserFrequency(), NearestDistance(coords[:100])]
+    seen: dict[str, list[int]] = {}
+    checked = 0
+    for n, (user, item) in enumerate(zip(events.users.tolist(), items, strict=True)):
+        hist = seen.setdefault(user, [])
+        hist.append(item)
+        for m in models:
+            m.learn_one(user, item, float(lat[n]), float(lon[n]))
+        if n < 3200 and n % 40:
+            continue  # every event near the end, a sample before: keeps the test fast
+        h = np.asarray(hist[-50:], dtype=np.int64)
+        for m in models:
+            for k in (1, 10, 60) if not isinstance(m, NearestDistance) else (10,):  # (its fast path is the full row)
+                assert m.predict_one(user, h, k) == m.predict_one_full(user, h, k), (type(m).__name__, n, k)
+            assert m.predict_one(user, None, 10) == m.predict_one_full(user, None, 10), (type(m).__name__, n)
+        checked += 1
+    assert checked > 800
+    # k beyond the vocabulary: every item once, in full-row order
+    for m in models:
+        assert m.predict_one("nobody", [], 10**6) == m.predict_one_full("nobody", [], 10**6)
+        assert len(m.predict_one("nobody", [], 10**6)) == m.n_rows - 1

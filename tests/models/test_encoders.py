@@ -112,3 +112,81 @@ def test_make_encoder_and_limits() -> None:
         make_encoder("sasrec", 10, 8, 1, 3, 0.0, 4)
     with pytest.raises(ModelsError, match="max_len"):
         build("sasrec", max_len=4).encode(torch.ones(1, 5, dtype=torch.long))
+
+
+# -- the eval-mode serving path of SASRec (last query only) equals the reference path ------------
+
+
+def _reference_last(enc: SASRecEncoder, seq: torch.Tensor) -> torch.Tensor:
+    """The all-positions path the fast ``encode`` replaces at eval time."""
+    return enc.hidden_states(seq)[:, -1]
+
+
+@pytest.mark.parametrize(("layers", "heads"), [(1, 1), (2, 2), (3, 4)])
+def test_sasrec_fast_encode_equals_reference_on_random_padding(layers: int, heads: int) -> None:
+    torch.manual_seed(layers)
+    enc = make_encoder("sasrec", 40, hidden=16, layers=layers, heads=heads, dropout=0.3, max_len=12).eval()
+    assert isinstance(enc, SASRecEncoder)
+    lengths = torch.randint(0, 13, (64,))
+    lengths[0], lengths[1] = 0, 12  # an all-padding row and a full one
+    seq = torch.randint(1, 40, (64, 12))
+    seq[torch.arange(12).expand(64, 12) < (12 - lengths).unsqueeze(1)] = 0
+    ref = _reference_last(enc, seq)
+    torch.testing.assert_close(enc.encode(seq), ref, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():  # as the worker calls it; cached masks must work in both modes
+        torch.testing.assert_close(enc.encode(seq), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.encode(seq), ref, atol=1e-5, rtol=1e-5)
+    # a shape first seen under inference_mode (its cached masks are inference tensors) still
+    # works outside it, with autograd on
+    with torch.inference_mode():
+        first = enc.encode(seq[:, 1:])
+    torch.testing.assert_close(enc.encode(seq[:, 1:]), first)
+    # leading all-padding columns are dropped; the answer stays the same
+    short = seq[lengths.argsort(descending=False)[:32]]
+    torch.testing.assert_close(enc.encode(short), _reference_last(enc, short), atol=1e-5, rtol=1e-5)
+
+
+def test_sasrec_fast_encode_is_eval_only() -> None:
+    """Training keeps the reference path: gradients and dropout of every position."""
+    enc = build("sasrec", dropout=0.0).train()
+    seq = torch.tensor([[9, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 7, 8]])
+    torch.manual_seed(0)
+    a = enc.encode(seq)
+    torch.testing.assert_close(a, enc.hidden_states(seq)[:, -1])
+    (a * torch.randn(a.shape)).sum().backward()  # (a plain sum through LayerNorm has zero gradient)
+    grad = enc.pos_emb.weight.grad
+    assert grad is not None and grad[8].abs().sum() > 0  # position 8 (the oldest slot of a full row)
+    assert enc.ffs[0].net[0].weight.grad is not None
+
+
+def test_hail_recommend_equals_reference_on_real_histories() -> None:
+    """HAIL.log_probs / recommend on real Foursquare NYC histories (a full vocabulary, ragged
+    lengths) agree with log-softmax over the reference all-positions encoder."""
+    from models.data import load_dataset
+    from models.hail import HAIL, HailConfig
+    from models.trainer import left_pad
+    from models.vocab import ItemVocab
+
+    events = load_dataset("foursquare-nyc").head(6000)
+    vocab = ItemVocab(events.items.tolist())
+    idx = vocab.lookup(events.items.tolist())
+    seen: dict[str, list[int]] = {}
+    histories = []
+    for user, item in zip(events.users.tolist(), idx.tolist(), strict=True):
+        seen.setdefault(user, []).append(int(item))
+        histories.append(seen[user][-20:])
+    batch = [torch.tensor(h).numpy() for h in histories[-128:]]
+    model = HAIL(HailConfig(n_peers=2, hidden=32, layers=2, heads=2, max_len=20, seed=3), vocab.rows).eval()
+    seqs = left_pad(batch, 20)
+    ref = torch.stack(
+        [torch.log_softmax(p.logits(_reference_last(p, seqs)), -1) for p in model.networks]  # type: ignore[arg-type]
+    ).mean(0)
+    with torch.inference_mode():
+        got = model.log_probs(seqs)
+        scores, top = model.recommend(seqs, 10)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    ref_scores, ref_top = torch.topk(ref, 10, dim=-1)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+    # top-10 sets agree except where two scores tie within float rounding
+    differ = (top != ref_top).any(1)
+    assert int(differ.sum()) <= 2

@@ -1,0 +1,296 @@
+"""Worker throughput while the trainer fine-tunes, and model update latency, on the real broker.
+
+Everything runs on this machine, as deployed: the embedded broker (Tansu), one worker process
+(``python -m stream.app``, defaults: baselines on, 1 torch thread) and one trainer process
+(``python -m stream.trainer``, 1 torch thread), the model the demo serves (2-SASRec-peer HAIL preset:
+hidden 64, 2 layers, max_len 50) over the Foursquare NYC T0 vocabulary (weights untrained: neither
+measure depends on them; the gate tolerance is 1.0 so that every candidate is promoted).
+
+1. **Throughput**: a backlog of events is published as fast as possible and the worker's rate is
+   read from its stats file over ``--measure`` seconds, (a) while the trainer only consumes and
+   (b) while it runs a fine-tune (started by a ``trigger`` message, long enough to cover the
+   whole measurement). Goal: (b) >= 70% of (a).
+2. **Model update latency**: while events flow at ``--rate`` events/s, a ``trigger`` message is
+   sent (what a worker's drift detection sends); the latency is the time from that message to the
+   first prediction made by the new version, split into fine-tune (+ gate + store write),
+   announcement, the worker's load + swap, and the next prediction. The trainer uses its default
+   fine-tune budget (``TrainerConfig``). Goal: < 60 s.
+
+    python bench/lifecycle_latency.py            # ~5-8 minutes
+
+Writes ``bench/results/lifecycle_latency.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.data import load_dataset
+from models.hail import HAIL
+from models.presets import preset
+from models.vocab import ItemVocab
+from stream.app import changelog_topic
+from stream.broker import EmbeddedBroker
+from stream.control import CONTROL_KEY, trigger_message
+from stream.demo import split_stream
+from stream.records import Prediction
+from stream.replay import generate_load, make_producer
+from stream.settings import Settings
+from stream.topics import ensure_topics
+from stream.worker import read_stats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
+    for name in ("bootstrap_servers", "interactions_topic", "predictions_topic", "dead_letter_topic",
+                 "model_updates_topic", "app_id", "partitions", "model_dir", "metrics_port", "trainer_metrics_port"):
+        env[f"HAILSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env["HAILSTREAM_LOG_LEVEL"] = "INFO"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(settings), stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stats(path: Path) -> dict[str, Any]:
+    try:
+        return read_stats(path)
+    except Exception:  # not written yet, or being replaced
+        return {}
+
+
+def _wait(what: str, check: Any, timeout: float = 300.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _trigger(settings: Settings) -> float:
+    producer = make_producer(settings, linger_ms=0)
+    try:
+        sent = time.time()
+        producer.send(settings.model_updates_topic, key=CONTROL_KEY, value=trigger_message("manual")).get(timeout=10)
+        return sent
+    finally:
+        producer.close()
+
+
+def measure_rate(settings: Settings, events: Any, stats: Path, seconds: float, backlog: int,
+                 during: Any = None) -> dict[str, Any]:
+    """Publish ``backlog`` events at once and measure the worker's events/s over ``seconds``."""
+    start_events = _stats(stats).get("events", 0)
+    publisher = threading.Thread(target=generate_load, args=(events, settings, backlog), daemon=True)
+    publisher.start()
+    _wait("the worker to start on the backlog", lambda: _stats(stats).get("events", 0) > start_events + 500)
+    s0 = _stats(stats)
+    t0, e0 = s0["written_at"], s0["events"]
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        s = _stats(stats)
+        samples.append((s["written_at"], s["events"], during() if during else None))
+        if s["events"] >= start_events + backlog - 200:
+            break
+    t1, e1, _ = samples[-1]
+    publisher.join()
+    _wait("the worker to drain the backlog", lambda: _stats(stats).get("events", 0) >= start_events + backlog)
+    caught_up_before_end = e1 >= start_events + backlog - 200
+    return {"events_per_s": (e1 - e0) / (t1 - t0), "events": e1 - e0, "seconds": t1 - t0,
+            "backlog_exhausted_early": caught_up_before_end,
+            "condition_held": all(c for *_, c in samples) if during else None}
+
+
+def first_prediction_of(settings: Settings, version: str, after: float, timeout: float = 300.0) -> float:
+    """produced_at of the first prediction made by ``version`` (reads the predictions topic)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(settings.predictions_topic, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=2000,
+                             heartbeat_interval_ms=500, **settings.kafka_python_kwargs())
+    best: float | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        idle_after_found = 0
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    p = Prediction.from_json(r.value)
+                    if p.model_version == version and p.produced_at >= after:
+                        best = p.produced_at if best is None else min(best, p.produced_at)
+            if best is not None:
+                idle_after_found = idle_after_found + 1 if not batch else 0
+                if idle_after_found >= 2 or not batch:
+                    break
+        if best is None:
+            raise RuntimeError(f"no prediction by {version} within {timeout:g} s")
+        return best
+    finally:
+        consumer.close()
+
+
+def markdown(res: dict[str, Any]) -> str:
+    th, lat = res["throughput"], res["latency"]
+    lines = ["# Lifecycle on the real broker: worker throughput during fine-tuning, model update latency", "",
+             f"{res['date']} · {res['machine']} · load average at start {res['loadavg_start']} · "
+             f"`{res['command']}`", "",
+             "## Worker throughput (events/s, from its stats file)", "",
+             "| trainer | events/s | measured over |", "|---|---|---|",
+             f"| idle (consuming only) | {th['idle']['events_per_s']:.0f} | {th['idle']['seconds']:.1f} s |",
+             f"| fine-tuning | {th['fine_tuning']['events_per_s']:.0f} | {th['fine_tuning']['seconds']:.1f} s |",
+             "", f"ratio: **{th['ratio']:.0%}** (goal >= 70%); fine-tune running throughout the measurement: "
+             f"{th['fine_tuning']['condition_held']}", "",
+             "## Model update latency (trigger message -> first prediction by the new version)", "",
+             "| run | total s | trigger -> announced s | of which fine-tune + gate s | announced -> swapped s "
+             "| of which load s | swapped -> first prediction s |",
+             "|---|---|---|---|---|---|---|"]
+    for n, r in enumerate(lat["runs"], 1):
+        lines.append(f"| {n} | {r['total_s']:.1f} | {r['to_announce_s']:.1f} | {r['finetune_s']:.1f} | "
+                     f"{r['swap_s']:.2f} | {r['load_s']:.2f} | {r['to_prediction_s']:.2f} |")
+    lines += ["", f"median total: **{lat['median_total_s']:.1f} s** (goal < 60 s), at {res['settings']['rate']} "
+              "events/s; fine-tune budget: TrainerConfig defaults "
+              f"({res['trainer_config']['steps']} steps x batch {res['trainer_config']['batch_size']}, holdout "
+              f"{res['trainer_config']['holdout']} events)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--measure", type=float, default=20.0, help="seconds of each throughput measurement")
+    ap.add_argument("--backlog", type=int, default=60_000, help="events published for each throughput phase")
+    ap.add_argument("--rate", type=float, default=200.0, help="events/s during the latency runs")
+    ap.add_argument("--runs", type=int, default=2, help="latency measurements")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tune steps of the latency runs (default: TrainerConfig)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lifecycle_latency.json"))
+    args = ap.parse_args(argv)
+    from stream.trainer_config import TrainerConfig
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="hailstream-lifecycle-bench-"))
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "settings": vars(args),
+        "trainer_config": {**TrainerConfig().__dict__, **({"steps": args.steps} if args.steps else {})},
+    }
+    events = load_dataset("foursquare-nyc")
+    known, _ = split_stream(events)  # block T0
+    vocab = ItemVocab(dict.fromkeys(known.items.tolist()))
+    initial = save_checkpoint(tmp / "initial.safetensors", HAIL(preset("hail"), vocab.rows), vocab, {"version": "1"})
+    worker = trainer = None
+    with EmbeddedBroker(log_dir=tmp) as broker:
+        tag = uuid.uuid4().hex[:8]
+        settings = Settings.from_env({}, bootstrap_servers=broker.bootstrap, app_id=f"bench-{tag}",
+                                     interactions_topic=f"bench-{tag}.in", predictions_topic=f"bench-{tag}.out",
+                                     dead_letter_topic=f"bench-{tag}.dlq", model_updates_topic=f"bench-{tag}.models",
+                                     model_dir=tmp / "models", metrics_port=0, trainer_metrics_port=0)
+        ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+        wstats, tstats = tmp / "worker.json", tmp / "trainer.json"
+        try:
+            worker = _spawn(["-m", "stream.app", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
+                            tmp / "worker.log")
+            # 1. throughput: a trainer with no automatic trigger and a fine-tune that outlasts the measurement
+            trainer = _spawn(["-m", "stream.trainer", "--checkpoint", str(initial), "--stats-file", str(tstats),
+                              "--every-events", "100000000", "--min-new-events", "1000", "--steps", "100000",
+                              "--tolerance", "1.0", "--no-drift"], settings, tmp / "trainer-1.log")
+            _wait("worker and trainer", lambda: wstats.exists() and tstats.exists(), 120)
+            generate_load(events, settings, 3000)  # warm-up: first batches, JIT of the allocator, group joins
+            _wait("warm-up", lambda: _stats(wstats).get("events", 0) >= 3000)
+            idle = measure_rate(settings, events, wstats, args.measure, args.backlog,
+                                during=lambda: not _stats(tstats).get("running"))
+            _trigger(settings)
+            _wait("the fine-tune to start", lambda: _stats(tstats).get("running"), 120)
+            busy = measure_rate(settings, events, wstats, args.measure, args.backlog,
+                                during=lambda: _stats(tstats).get("running"))
+            res["throughput"] = {"idle": idle, "fine_tuning": busy,
+                                 "ratio": busy["events_per_s"] / idle["events_per_s"]}
+            print(json.dumps(res["throughput"]), flush=True)
+            _stop(trainer)
+
+            # 2. latency with the default fine-tune budget
+            steps = ["--steps", str(args.steps)] if args.steps else []
+            trainer = _spawn(["-m", "stream.trainer", "--stats-file", str(tstats), "--every-events", "100000000",
+                              "--min-new-events", "1000", "--tolerance", "1.0", "--no-drift", *steps], settings,
+                             tmp / "trainer-2.log")
+            stop_flow = threading.Event()
+
+            def flow() -> None:
+                while not stop_flow.is_set():
+                    generate_load(events, settings, int(args.rate * 5), rate=args.rate)
+
+            flow_thread = threading.Thread(target=flow, daemon=True)
+            flow_thread.start()
+            time.sleep(10)  # trainer joined, window refilled, events flowing
+            runs = []
+            for _ in range(args.runs):
+                done = _stats(tstats).get("outcomes", {}).get("promoted", 0)
+                sent = _trigger(settings)
+                t = _wait("a promotion", lambda done=done: (s := _stats(tstats)).get("outcomes", {}).get("promoted", 0)
+                          > done and s, 600)
+                version = t["live_version"]
+                ann = next(a for a in t["announced"] if a["version"] == version)
+                swap = _wait("the worker's swap", lambda version=version: (s := _stats(wstats)).get("live_model_version")
+                             == version and s["last_swap"], 120)
+                first = first_prediction_of(settings, version, sent)
+                hist = next(h for h in reversed(t["history"]) if h["version"] == version)
+                runs.append({"version": version, "total_s": first - sent, "to_announce_s": ann["announced_at"] - sent,
+                             "finetune_s": hist["seconds"], "swap_s": swap["at"] - ann["announced_at"],
+                             "load_s": swap["load_seconds"], "to_prediction_s": first - swap["at"],
+                             "train_rows": hist["train_rows"], "holdout": hist["holdout"]})
+                print(json.dumps(runs[-1]), flush=True)
+            stop_flow.set()
+            flow_thread.join(30)
+            res["latency"] = {"runs": runs, "median_total_s": statistics.median(r["total_s"] for r in runs)}
+        finally:
+            _stop(trainer)
+            _stop(worker)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
