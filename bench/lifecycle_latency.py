@@ -172,6 +172,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = ["# Lifecycle on the real broker: worker throughput during fine-tuning, model update latency", "",
              f"{res['date']} · {res['machine']} · load average at start {res['loadavg_start']} · "
              f"`{res['command']}`", "",
+             *[f"- Note: {n}" for n in res.get("notes", [])], "",
              "## Worker throughput (events/s, from its stats file)", "",
              "| trainer | events/s | measured over |", "|---|---|---|",
              f"| idle (consuming only) | {th['idle']['events_per_s']:.0f} | {th['idle']['seconds']:.1f} s |",

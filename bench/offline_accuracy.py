@@ -86,16 +86,17 @@ def mean_std(values: list[float]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for ds, res in results["datasets"].items():
-        lines.append(f"\n### {ds} — test split, full ranking, {len(results['seeds'])} seeds\n")
-        lines.append("| model | NDCG@10 | HR@10 | MRR@10 | s/epoch | best epoch |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"\n### {ds} — test split, full ranking, seeds requested {results['seeds']}, "
+                     f"at most {results['epochs']} epochs\n")
+        lines.append("| model | NDCG@10 | HR@10 | MRR@10 | seeds run | s/epoch | best epoch |")
+        lines.append("|---|---|---|---|---|---|---|")
         for name, m in res["baselines"].items():
-            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | – | – |")
+            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | – | – | – |")
         for name, runs in res["models"].items():
             cells = [mean_std([r["test"][k] for r in runs]) for k in METRICS]
             spe = np.mean([r["seconds_per_epoch"] for r in runs])
             be = "/".join(str(r["best_epoch"]) for r in runs)
-            lines.append(f"| {name} | {' | '.join(cells)} | {spe:.1f} | {be} |")
+            lines.append(f"| {name} | {' | '.join(cells)} | {len(runs)} | {spe:.1f} | {be} |")
         if res.get("sweep"):
             lines.append(f"\nMED sweep on the validation split (2 SASRec peers, seed 0) — chosen: `{res['chosen']}`\n")
             lines.append("| setting | valid NDCG@10 | valid HR@10 |")

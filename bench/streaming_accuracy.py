@@ -223,6 +223,7 @@ def markdown(results: dict[str, Any]) -> str:
              "In-process replay through the worker's `process_batch` and the trainer's `Learner` (no Kafka; a "
              "promotion is served from the next micro-batch). Prequential metrics over every non-cold event of "
              "the replay, k = 10.", ""]
+    lines += [f"- Note: {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
     order = [*BASELINES, *VARIANTS]
     for dataset, d in results["datasets"].items():
         lines += [f"## {dataset}", "",
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]) if argv is None
                    else "main(" + " ".join(argv) + ")",
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir", "data_dir")},
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "datasets": {},
     }
     for dataset in args.datasets:

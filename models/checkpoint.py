@@ -126,7 +126,8 @@ def _digest(header: dict[str, Any], body: bytes) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -182,7 +183,7 @@ def save_checkpoint(path: str | Path, model: HAIL, vocab: ItemVocab, meta: dict[
     ``meta`` must be JSON-serialisable. The model's weights are copied, so it may keep training.
     """
     path = Path(path)
-    _atomic_write(path, checkpoint_bytes(model, vocab, meta))
+    atomic_write(path, checkpoint_bytes(model, vocab, meta))
     return path
 
 

@@ -20,7 +20,7 @@ by item index, see :mod:`models.metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 
 from models.errors import ModelsError
 from models.metrics import rank_of_target, summarize
+from models.padding import left_pad
 from models.splits import SequenceSplit, Stage
 
 if TYPE_CHECKING:
@@ -43,33 +44,6 @@ class Scorer(Protocol):
     """
 
     def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor: ...
-
-
-def _left_pad(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
-    """The last ``max_len`` items of each history, left-padded with 0, as LongTensor [B, max_len].
-
-    Kept local so that evaluation does not depend on the trainer module; it must match
-    ``models.trainer.left_pad`` (a test checks they agree when the trainer is present).
-
-    >>> _left_pad([np.array([1, 2, 3]), np.array([4])], 2).tolist()
-    [[2, 3], [0, 4]]
-    """
-    out = torch.zeros((len(histories), max_len), dtype=torch.long)
-    for row, h in enumerate(histories):
-        tail = np.asarray(h, dtype=np.int64)[-max_len:] if max_len > 0 else np.empty(0, np.int64)
-        if tail.size:
-            out[row, max_len - tail.size :] = torch.from_numpy(tail)
-    return out
-
-
-def _resolve_left_pad() -> Callable[[list[np.ndarray], int], torch.Tensor]:
-    """The trainer's ``left_pad`` when the trainer module is installed (one definition of the model
-    input), else the local twin."""
-    try:
-        from models.trainer import left_pad
-    except ImportError:
-        return _left_pad
-    return left_pad
 
 
 class ModelScorer:
@@ -88,11 +62,10 @@ class ModelScorer:
             if max_len <= 0:
                 raise ModelsError("ModelScorer needs max_len: the model has no config.max_len; pass max_len=")
         self.max_len = max_len
-        self._pad = _resolve_left_pad()
 
     def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        seqs = self._pad(histories, self.max_len).to(device)
+        seqs = left_pad(histories, self.max_len).to(device)
         was_training = self.model.training
         self.model.eval()
         try:

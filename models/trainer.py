@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from models.errors import ModelsError
 from models.evaluate import ModelScorer, evaluate
 from models.hail import HAIL, HailConfig
+from models.padding import left_pad
 from models.splits import SequenceSplit
 
 EARLY_STOP_METRIC = "ndcg@10"
@@ -64,16 +65,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     seconds_per_epoch: float = 0.0
-
-
-def left_pad(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
-    """The last ``max_len`` items of each history, left-padded with 0: LongTensor ``[B, max_len]``."""
-    out = torch.zeros((len(histories), max_len), dtype=torch.long)
-    for row, h in enumerate(histories):
-        tail = np.asarray(h, dtype=np.int64)[-max_len:] if max_len > 0 else np.empty(0, np.int64)
-        if tail.size:
-            out[row, max_len - tail.size :] = torch.from_numpy(tail)
-    return out
 
 
 def make_windows(sequences: Sequence[np.ndarray], max_len: int) -> torch.Tensor:

@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,25 +39,22 @@ import faust
 import torch
 from faust.types import TP
 
+from stream.changelog import read_changelog
 from stream.control import CONTROL_KEY, drift_message
 from stream.drift import Detection
 from stream.errors import StreamError
-from stream.hotswap import HotSwapper, newer_in_store
-from stream.metrics import Metrics, MetricsServer, serve_metrics, set_model
-from stream.monitor import WorkerMonitor
-from stream.online import OnlineBaselines, OnlineRecommender
-from stream.prequential import Prequential
+from stream.hotswap import newer_in_store
+from stream.metrics import Metrics, MetricsServer, serve_metrics
+from stream.online import OnlineRecommender
 from stream.records import dead_letter
+from stream.runtime import WorkerRuntime, build_runtime
 from stream.settings import Settings
 from stream.updates import ControlListener
 from stream.worker import (
     INTERNAL_ERROR,
     BatchResult,
     Source,
-    WorkerStats,
-    new_prequential,
     process_batch,
-    write_stats,
 )
 
 log = logging.getLogger(__name__)
@@ -76,84 +70,6 @@ def changelog_topic(settings: Settings) -> str:
     'hs-user-state-changelog'
     """
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
-
-
-@dataclass
-class WorkerRuntime:
-    """Everything the agent needs besides the settings: the live model, the baselines, the
-    prequential scorers and the counters. ``executor`` runs the CPU-heavy batch work off the event
-    loop (so fetching and producing continue meanwhile); ``None`` runs it inline."""
-
-    recommender: OnlineRecommender
-    baselines: OnlineBaselines | None
-    prequential: dict[str, Prequential]
-    stats: WorkerStats
-    stats_path: Path | None = None
-    stats_interval: float = 1.0
-    executor: ThreadPoolExecutor | None = None
-    send_errors: int = 0
-    #: metrics and drift (None: not observed), hot swap of announced versions (None: off)
-    monitor: WorkerMonitor | None = None
-    swapper: HotSwapper | None = None
-    metrics_url: str | None = None
-    #: next offset to process per interactions partition (for the consumer lag)
-    positions: dict[int, int] = field(default_factory=dict)
-    drift_published: int = 0
-    _last_error: str = field(default="", repr=False)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as JSON-ready data (what the stats file holds)."""
-        d = self.stats.to_dict()
-        d["send_errors"] = self.send_errors
-        d["live_model_version"] = self.recommender.version
-        d["metrics_url"] = self.metrics_url
-        if self.swapper is not None:
-            d["swaps"] = self.swapper.swaps
-            d["swap_failures"] = self.swapper.failures
-            d["last_swap"] = self.swapper.last_swap
-        if self.monitor is not None:
-            d["drift"] = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
-                          "published": self.drift_published,
-                          "states": [s.__dict__ for s in self.monitor.drift.states()]}
-        return d
-
-    def write_stats(self) -> None:
-        if self.stats_path is not None:
-            write_stats(self.stats_path, self.snapshot())
-
-
-def build_runtime(
-    settings: Settings,
-    recommender: OnlineRecommender,
-    *,
-    baselines: bool = True,
-    baseline_sample_every: int = 1,
-    popularity_window: int = 1000,
-    prequential_window: int = 1000,
-    stats_path: Path | str | None = None,
-    offload: bool = True,
-    metrics: Metrics | None = None,
-) -> WorkerRuntime:
-    """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
-    has no cold-start fallback, the baselines' recent popularity becomes it. With ``metrics``, the
-    batches are observed (metrics, drift detection) and announced versions are hot-swapped in."""
-    online = OnlineBaselines(popularity_window, sample_every=baseline_sample_every) if baselines else None
-    if online is not None and recommender.fallback is None:
-        recommender.fallback = online.popular
-    preq = new_prequential(settings.top_k, online, prequential_window)
-    runtime = WorkerRuntime(
-        recommender,
-        online,
-        preq,
-        WorkerStats(preq),
-        Path(stats_path) if stats_path is not None else None,
-        executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
-    )
-    if metrics is not None:
-        runtime.monitor = WorkerMonitor(metrics, preq)
-        runtime.swapper = HotSwapper(recommender, metrics)
-        set_model(metrics, recommender.version, len(recommender.live.vocab))
-    return runtime
 
 
 def fetch_wait_ms(settings: Settings) -> int:
@@ -363,42 +279,6 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                 log.warning("cannot write worker stats to %s: %s", runtime.stats_path, e)
 
     return app
-
-
-def read_changelog(
-    settings: Settings, topic: str, start: dict[int, int], timeout: float = 60.0
-) -> list[tuple[str, dict[str, Any] | None]]:
-    """(key, value) of every record of ``topic``'s partitions from ``start[partition]`` to the end,
-    in offset order per partition, JSON-decoded (None = deleted). The end is the high watermark of
-    the fetch responses (ListOffsets under-reports it on Tansu). Raises :class:`StreamError` when
-    the end is not reached within ``timeout`` seconds."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(start)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start[tp.partition])
-        out: list[tuple[str, dict[str, Any] | None]] = []
-        deadline = time.monotonic() + timeout
-        pending = set(tps)
-        while pending:
-            if time.monotonic() > deadline:
-                raise StreamError(
-                    f"could not read changelog {topic} to its end within {timeout:g} s; is the broker overloaded?"
-                )
-            for records in consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    out.append((json.loads(r.key), None if r.value is None else json.loads(r.value)))
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
-                # highwater is None until a fetch response for tp came back
-                if hw is not None and consumer.position(tp) >= hw:
-                    pending.discard(tp)
-        return out
-    finally:
-        consumer.close()
 
 
 def load_recommender(

@@ -121,7 +121,7 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from stream.model_store import models_command
+    from stream.model_admin import models_command
 
     print(models_command(_settings(args, model_dir=args.model_dir), args.action, args.version,
                          announce=not args.no_announce))

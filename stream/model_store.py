@@ -42,21 +42,18 @@ import dataclasses
 import fcntl
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import Checkpoint, inspect_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, atomic_write, inspect_checkpoint, load_checkpoint, save_checkpoint
 from models.errors import CheckpointError
 from models.hail import HAIL
 from models.vocab import ItemVocab
 from stream.errors import StreamError
-from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +110,6 @@ class VersionInfo:
         if info.status not in STATUSES:
             raise ModelStoreError(f"manifest of v{info.version} has unknown status {info.status!r}")
         return info
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ModelStore:
@@ -235,7 +218,7 @@ class ModelStore:
                     p.unlink()
 
     def _write_manifest(self, info: VersionInfo) -> None:
-        _write_atomic(self._manifest_path(info.version), json.dumps(info.to_dict(), indent=1, sort_keys=True).encode())
+        atomic_write(self._manifest_path(info.version), json.dumps(info.to_dict(), indent=1, sort_keys=True).encode())
 
     def _next_seq(self) -> int:
         return max((v.promoted_seq or 0 for v in self.list()), default=0) + 1
@@ -346,67 +329,3 @@ class ModelStore:
     def __repr__(self) -> str:
         live = self.latest_promoted()
         return f"ModelStore({str(self.directory)!r}, live={live.label if live else None})"
-
-
-# -- hailstream models list|promote|rollback --------------------------------------------------
-
-
-def format_versions(versions: builtins.list[VersionInfo], live: VersionInfo | None) -> str:
-    """The table ``hailstream models list`` prints (``*`` marks the live version)."""
-    rows = [("", "version", "status", "parent", "created (UTC)", "trigger", "gate ndcg@10 cand/live", "weights")]
-    for v in versions:
-        cand = v.metrics.get("candidate", {}).get("ndcg@10") if isinstance(v.metrics.get("candidate"), dict) else None
-        base = v.metrics.get("live", {}).get("ndcg@10") if isinstance(v.metrics.get("live"), dict) else None
-        gate = f"{cand:.4f}/{base:.4f}" if cand is not None and base is not None else "-"
-        rows.append((
-            "*" if live is not None and v.version == live.version else "", v.label, v.status,
-            version_label(v.parent) if v.parent else "-",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created_at)), v.trigger or "-", gate,
-            "yes" if v.checkpoint else "no",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def announce_version(settings: Settings, store: ModelStore, info: VersionInfo, reason: str) -> None:
-    """Publish a model message for ``info`` on the model-updates topic (workers swap to it)."""
-    from stream.control import CONTROL_KEY, model_message
-    from stream.replay import make_producer
-
-    value = model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,
-                          info.parent, info.metrics, reason)
-    producer = make_producer(settings, linger_ms=0)
-    try:
-        producer.send(settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)
-    finally:
-        producer.close(timeout=5)
-
-
-def models_command(settings: Settings, action: str, version: int | None = None, announce: bool = True) -> str:
-    """``hailstream models list|promote V|rollback`` on ``settings.model_dir``; returns what to
-    print. ``promote`` and ``rollback`` announce the new live version on the model-updates topic
-    (unless ``announce=False``), so running workers swap to it; restarting ones read the store."""
-    store = ModelStore(settings.model_dir)
-    if action == "list":
-        versions = store.list()
-        if not versions:
-            return f"no versions in {store.directory}"
-        return format_versions(versions, store.latest_promoted())
-    if action == "promote":
-        if version is None:
-            raise ModelStoreError("promote needs a version number: hailstream models promote 3")
-        info = store.promote(version)
-        done = f"{info.label} is live"
-    elif action == "rollback":
-        info = store.rollback()
-        done = f"rolled back: {info.label} is live"
-    else:
-        raise ModelStoreError(f"unknown action {action!r}; use list, promote or rollback")
-    if announce:
-        try:
-            announce_version(settings, store, info, action)
-            done += f" (announced on {settings.model_updates_topic})"
-        except Exception as e:
-            done += (f"; WARNING: could not announce it on {settings.model_updates_topic} ({e}): running workers keep "
-                     "their version until they restart")
-    return done

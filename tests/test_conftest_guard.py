@@ -22,7 +22,7 @@ def test_guard_sees_and_kills_a_tansu_child() -> None:
         found: dict[int, str] = {}
         for _ in range(100):  # exec replaces bash's command line shortly after the fork
             found = guard._descendants()
-            if proc.pid in found:
+            if found.get(proc.pid, "").startswith("tansu"):  # seen after the exec, not before it
                 break
             time.sleep(0.02)
         assert found.get(proc.pid, "").startswith("tansu")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from models.errors import ModelsError
-from models.evaluate import ModelScorer, Scorer, _left_pad, evaluate, format_table, target_ranks
+from models.evaluate import ModelScorer, Scorer, evaluate, format_table, target_ranks
 from models.hail import HAIL, HailConfig
+from models.padding import left_pad
 from models.splits import SequenceSplit
 from models.vocab import ItemVocab
 
@@ -111,14 +112,6 @@ def test_evaluate_errors_are_specific() -> None:
         evaluate(Short(), split)
 
 
-def test_left_pad_matches_trainer() -> None:
-    from models.trainer import left_pad
-
-    hist = [np.array([1, 2, 3, 4, 5]), np.array([], dtype=np.int64), np.array([7])]
-    for max_len in (1, 3, 8):
-        assert torch.equal(_left_pad(hist, max_len), left_pad(hist, max_len))
-
-
 def test_model_scorer_uses_log_probs_and_restores_mode() -> None:
     split = random_split(n_users=9, n_items=12)
     model = HAIL(HailConfig(n_peers=2, hidden=8, layers=1, max_len=4, dropout=0.5), split.vocab.rows)
@@ -131,8 +124,8 @@ def test_model_scorer_uses_log_probs_and_restores_mode() -> None:
     assert model.training  # mode restored
     model.eval()
     with torch.no_grad():
-        want = model.log_probs(_left_pad(hists, 4))
-        peer1 = model.log_probs(_left_pad(hists, 4), peer=1)
+        want = model.log_probs(left_pad(hists, 4))
+        peer1 = model.log_probs(left_pad(hists, 4), peer=1)
     assert torch.equal(got, want)
     assert torch.equal(ModelScorer(model, peer=1).scores(users, hists), peer1)
     m = evaluate(scorer, split, "valid", ks=(10,))

@@ -78,7 +78,8 @@ def test_services_and_images() -> None:
         assert s[name]["image"] == "hailstream:latest" and s[name]["build"]["dockerfile"] == "Dockerfile", name
         assert s[name]["command"][0] in ("hailstream", "sh"), name
     assert s["worker"]["command"][:2] == ["hailstream", "worker"]
-    assert s["trainer"]["command"] == ["hailstream", "trainer"]
+    # on an empty model store the trainer starts from the same initial model the worker serves
+    assert s["trainer"]["command"] == ["hailstream", "trainer", "--checkpoint", "/models/initial/model.safetensors"]
     assert s["topics"]["command"] == ["hailstream", "topics"]
     for image in (s[n]["image"] for n in s):
         assert ":" in image and not image.endswith(":latest") or image == "hailstream:latest", f"pin {image}"
@@ -143,7 +144,8 @@ def test_metrics_bind_all_interfaces_inside_containers_and_match_prometheus() ->
     for name in ("worker", "trainer"):
         e = env(s[name])
         assert e["HAILSTREAM_METRICS_BIND"] == "0.0.0.0", f"{name}: Prometheus scrapes over the compose network"
-        port = e["HAILSTREAM_METRICS_PORT"]
+        # the trainer reads its own port setting, so a worker and a trainer can share one host
+        port = e["HAILSTREAM_TRAINER_METRICS_PORT" if name == "trainer" else "HAILSTREAM_METRICS_PORT"]
         assert targets[f"hailstream-{name}"] == f"{name}:{port}"
         assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
     for name in HAILSTREAM_SERVICES - {"worker", "trainer"}:

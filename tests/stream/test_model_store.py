@@ -19,7 +19,8 @@ import torch
 from models.errors import CheckpointError
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
-from stream.model_store import ModelStore, ModelStoreError, models_command
+from stream.model_admin import models_command
+from stream.model_store import ModelStore, ModelStoreError
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
