@@ -60,10 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    for name in ("bootstrap_servers", "interactions_topic", "predictions_topic", "dead_letter_topic",
-                 "model_updates_topic", "app_id", "partitions", "model_dir", "metrics_port", "trainer_metrics_port"):
-        env[f"HAILSTREAM_{name.upper()}"] = str(getattr(settings, name))
-    env["HAILSTREAM_LOG_LEVEL"] = "INFO"
+    env.update(settings.replace(log_level="INFO").to_env())
     env["PYTHONPATH"] = str(ROOT)
     return env
 

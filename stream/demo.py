@@ -12,7 +12,6 @@ Everything it starts is stopped at the end, on error and on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -39,16 +38,6 @@ from stream.topics import ensure_topics
 from stream.worker import MODEL_SCORER, read_stats
 
 DEMO_EPOCHS = 8
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``HAILSTREAM_*`` variables that give a child process exactly these settings."""
-    env = {}
-    for f in dataclasses.fields(settings):
-        v = getattr(settings, f.name)
-        if v is not None:
-            env[env_name(f.name)] = str(v)
-    return env
 
 
 def split_stream(events: Interactions) -> tuple[Interactions, np.ndarray]:
@@ -82,7 +71,7 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
 @contextlib.contextmanager
 def worker_process(settings: Settings, checkpoint: Path, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The Faust worker as a child process (its own session: our Ctrl-C is ours to handle)."""
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_file = open(run_dir / "worker.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.app", "--checkpoint", str(checkpoint), "--stats", str(run_dir / "stats.json"),

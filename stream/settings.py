@@ -132,6 +132,11 @@ class Settings:
             out[f.name] = str(v) if isinstance(v, Path) else v
         return out
 
+    def to_env(self) -> dict[str, str]:
+        """``HAILSTREAM_*`` variables that give a child process exactly these settings (the password
+        included: pass them only to our own processes, never log them)."""
+        return {env_name(f.name): str(v) for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+
     def __repr__(self) -> str:
         body = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
         return f"Settings({body})"

@@ -166,3 +166,12 @@ def test_aiokafka_kwargs_build_an_ssl_context() -> None:
     assert isinstance(kw["ssl_context"], ssl.SSLContext)
     with pytest.raises(SettingsError, match="SSL_CAFILE"):
         Settings(security_protocol="SSL", ssl_cafile=Path("/nonexistent/ca.pem")).aiokafka_kwargs()
+
+
+def test_to_env_round_trips_for_child_processes():
+    s = Settings.from_env(env={}, bootstrap_servers="h:1", partitions=3, sasl_password="pw",
+                          security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u")
+    env = s.to_env()
+    assert env["HAILSTREAM_PARTITIONS"] == "3" and "HAILSTREAM_SSL_CAFILE" not in env
+    back = Settings.from_env(env=env)
+    assert back == s and back.sasl_password == "pw"
