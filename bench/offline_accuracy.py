@@ -30,18 +30,25 @@ import torch
 from models.data import load_dataset
 from models.evaluate import ModelScorer, evaluate
 from models.presets import preset
+from models.repeat import RepeatMixture, choose_alpha
 from models.splits import SequenceSplit, leave_last_out
 from models.trainer import TrainConfig, train
 from stream.offline import baseline_metrics
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
+REPEAT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
 
 
-def run_one(split: SequenceSplit, name: str, config: Any, tc: TrainConfig) -> dict[str, Any]:
+def run_one(split: SequenceSplit, name: str, config: Any, tc: TrainConfig, repeat_mix: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = train(split, config, tc)
     scorer = ModelScorer(result.model)
-    return {
+    extra: dict[str, Any] = {}
+    if repeat_mix:  # alpha chosen on validation only
+        alpha, by_alpha = choose_alpha(scorer, split, REPEAT_ALPHAS)
+        extra = {"repeat_alpha": alpha, "repeat_valid": by_alpha,
+                 "repeat_test": evaluate(RepeatMixture(scorer, alpha), split, "test")}
+    return {**extra,
         "name": name,
         "config": asdict(config),
         "seed": config.seed,
@@ -69,10 +76,10 @@ def model_rows(best: dict[str, Any]) -> dict[str, dict[str, Any]]:
     med = {k: best[k] for k in ("med_form", "med_weight", "med_topk", "med_warmup_epochs")}
     return {
         "SASRec (1 peer)": {"model": "sasrec"},
-        "GRU4Rec (1 peer)": {"model": "gru4rec"},
+        "HAIL (2 SASRec)": {"model": "hail", "peers": 2, **med},
         "2 peers, λ=0 (ensemble)": {"model": "ensemble", "peers": 2},
         "DML (2 SASRec)": {"model": "dml", "peers": 2},
-        "HAIL (2 SASRec)": {"model": "hail", "peers": 2, **med},
+        "GRU4Rec (1 peer)": {"model": "gru4rec"},
         "HAIL (SASRec + GRU4Rec)": {"model": "hail", "peers": 2, "encoders": ("sasrec", "gru4rec"), **med},
         "HAIL (K=3 SASRec)": {"model": "hail", "peers": 3, **med},
     }
@@ -97,6 +104,15 @@ def markdown(results: dict[str, Any]) -> str:
             spe = np.mean([r["seconds_per_epoch"] for r in runs])
             be = "/".join(str(r["best_epoch"]) for r in runs)
             lines.append(f"| {name} | {' | '.join(cells)} | {len(runs)} | {spe:.1f} | {be} |")
+        mixed = {name: runs for name, runs in res["models"].items() if all("repeat_test" in r for r in runs)}
+        if mixed:
+            lines.append("\nRepeat-aware mixture (1-α)·p_model + α·(user's item frequencies), α chosen on validation:\n")
+            lines.append("| model + repeat mixture | NDCG@10 | HR@10 | MRR@10 | α per seed |")
+            lines.append("|---|---|---|---|---|")
+            for name, runs in mixed.items():
+                cells = [mean_std([r["repeat_test"][k] for r in runs]) for k in METRICS]
+                alphas = "/".join(f"{r['repeat_alpha']:g}" for r in runs)
+                lines.append(f"| {name} | {' | '.join(cells)} | {alphas} |")
         if res.get("sweep"):
             lines.append(f"\nMED sweep on the validation split (2 SASRec peers, seed 0) — chosen: `{res['chosen']}`\n")
             lines.append("| setting | valid NDCG@10 | valid HR@10 |")
@@ -117,7 +133,11 @@ def main() -> None:
     p.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
     p.add_argument("--topks", nargs="+", type=int, default=[1, 10])
     p.add_argument("--warmups", nargs="+", type=int, default=[0])
-    p.add_argument("--no-sweep", action="store_true", help="use the default MED setting (weighted_ce, λ=1, top10)")
+    p.add_argument("--no-sweep", action="store_true", help="use --med instead of sweeping")
+    p.add_argument("--med", default="weighted_ce:1.0:10", help="FORM:λ:TOPK for HAIL rows when not sweeping")
+    p.add_argument("--sweep-epochs", type=int, default=None, help="epochs per sweep point (default --epochs)")
+    p.add_argument("--repeat-mix", action="store_true", help="also report each model mixed with the user's "
+                   "item frequencies (α chosen on validation)")
     p.add_argument("--out", default="bench/results/offline_accuracy.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,9 +158,11 @@ def main() -> None:
         tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False)
         res: dict[str, Any] = {"baselines": baseline_metrics(split, events, "test"), "models": {}}
         print(f"{ds}: baselines " + ", ".join(f"{k} {v['ndcg@10']:.4f}" for k, v in res["baselines"].items()), flush=True)
-        best = {"med_form": "weighted_ce", "med_weight": 1.0, "med_topk": 10, "med_warmup_epochs": 0}
+        form, lam, topk = args.med.split(":")
+        best = {"med_form": form, "med_weight": float(lam), "med_topk": int(topk), "med_warmup_epochs": 0}
         if not args.no_sweep:
-            res["sweep"] = sweep(split, tc, args.forms, args.weights, args.topks, args.warmups)
+            stc = TrainConfig(**{**asdict(tc), "epochs": args.sweep_epochs or args.epochs})
+            res["sweep"] = sweep(split, stc, args.forms, args.weights, args.topks, args.warmups)
             top = max(res["sweep"], key=lambda r: r["valid"]["ndcg@10"])["config"]
             best = {k: top[k] for k in best}
         res["chosen"] = best
@@ -150,14 +172,17 @@ def main() -> None:
                 spec = dict(spec)
                 model, peers = spec.pop("model"), spec.pop("peers", 2)
                 cfg = preset(model, peers=peers, seed=seed, **spec)
-                r = run_one(split, name, cfg, TrainConfig(**{**asdict(tc), "seed": seed}))
+                r = run_one(split, name, cfg, TrainConfig(**{**asdict(tc), "seed": seed}), args.repeat_mix)
                 res["models"].setdefault(name, []).append(r)
-                print(f"  {name} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f} "
+                mix = f", +repeat {r['repeat_test']['ndcg@10']:.4f} (α {r['repeat_alpha']:g})" if args.repeat_mix else ""
+                print(f"  {name} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f}{mix} "
                       f"({r['seconds_per_epoch']:.1f} s/epoch, best epoch {r['best_epoch']})", flush=True)
                 results["datasets"][ds] = res
                 out.write_text(json.dumps(results, indent=1))
         results["datasets"][ds] = res
         out.write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(
+            f"Command: `{results['command']}`\nMachine: {results['machine']}\nDate: {results['date']}\n{markdown(results)}\n")
     md = markdown(results)
     out.with_suffix(".md").write_text(
         f"Command: `{results['command']}`\nMachine: {results['machine']}\nDate: {results['date']}\n{md}\n")

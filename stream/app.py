@@ -16,7 +16,9 @@ Operations (issues 3 and 4), set up by :func:`run_worker`: Prometheus metrics on
 batch thread, plus consumer lag from the fetch high watermark once a second); drift detections
 logged, counted and published on the model-updates topic for the trainer; hot swap of announced
 model versions (:class:`stream.hotswap.HotSwapper` in a model-updates reader thread); and at
-start-up the model store's live version when it is newer than ``--checkpoint``.
+start-up the model store's live version when it is newer than ``--checkpoint``. With
+``--timeline PATH`` the run's timeline is recorded there (:mod:`stream.timeline`, drawn by
+``hailstream report``).
 
 Run from a shell: ``python -m stream.app --checkpoint model.safetensors --stats stats.json``.
 """
@@ -49,6 +51,7 @@ from stream.online import OnlineRecommender
 from stream.records import dead_letter
 from stream.runtime import WorkerRuntime, build_runtime
 from stream.settings import Settings
+from stream.timeline import DEFAULT_EVERY, Timeline
 from stream.updates import ControlListener
 from stream.worker import (
     INTERNAL_ERROR,
@@ -183,17 +186,7 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         return value if isinstance(value, dict) else None
 
     def run_batch(batch: list[Source]) -> tuple[BatchResult, list[Detection]]:
-        started = time.perf_counter()
-        result = process_batch(
-            batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings
-        )
-        found: list[Detection] = []
-        if runtime.monitor is not None:
-            try:
-                found = runtime.monitor.after_batch(result.stats, time.perf_counter() - started)
-            except Exception:  # observability must never stop predictions
-                log.exception("observing a batch failed")
-        return result, found
+        return process_and_observe(runtime, settings, batch, get_state)
 
     drift_source = f"{settings.app_id}:{os.getpid()}"
 
@@ -281,6 +274,41 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
     return app
 
 
+def process_and_observe(
+    runtime: WorkerRuntime, settings: Settings, batch: Sequence[Source], get_state: Callable[[str], Any]
+) -> tuple[BatchResult, list[Detection]]:
+    """The agent's work on one batch, off the event loop: :func:`process_batch`, then the monitor
+    (metrics, drift) and the timeline; returns the result and the batch's drift detections."""
+    started = time.perf_counter()
+    result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings)
+    found: list[Detection] = []
+    if runtime.monitor is not None:
+        try:
+            found = runtime.monitor.after_batch(result.stats, time.perf_counter() - started)
+        except Exception:  # observability must never stop predictions
+            log.exception("observing a batch failed")
+    if runtime.timeline is not None:
+        record_timeline(runtime, result, found)
+    return result, found
+
+
+def record_timeline(runtime: WorkerRuntime, result: BatchResult, found: Sequence[Detection]) -> None:
+    """Feed the runtime's timeline one processed batch (in the batch thread). A failing timeline
+    (a full disk) is logged once and closed: the worker keeps serving without it."""
+    timeline = runtime.timeline
+    if timeline is None:
+        return
+    swap = runtime.swapper.last_swap if runtime.swapper is not None else None
+    reason = swap.get("reason") if swap and swap.get("version") == result.model_version else None
+    try:
+        timeline.after_batch(result.stats.events, result.model_version, runtime.prequential, found, reason)
+    except (OSError, StreamError, ValueError) as e:
+        log.error("cannot write the timeline %s (%s); the worker goes on WITHOUT it", timeline.path, e)
+        runtime.timeline = None
+        with contextlib.suppress(OSError):
+            timeline.close()
+
+
 def load_recommender(
     checkpoint_path: Path | str, *, peer: int | None = None, length_buckets: int = 1
 ) -> OnlineRecommender:
@@ -308,6 +336,8 @@ def run_worker(
     ensure: bool = True,
     setup: Callable[[faust.App, WorkerRuntime], None] | None = None,
     operations: bool = True,
+    timeline_path: Path | str | None = None,
+    timeline_every: int = DEFAULT_EVERY,
 ) -> WorkerRuntime:
     """Run the worker in this process until SIGTERM/SIGINT; returns the runtime (final counters).
 
@@ -324,6 +354,10 @@ def run_worker(
     ``settings.metrics_bind:metrics_port`` (0 picks a free port; the URL is in the stats file),
     detects drift, hot-swaps versions announced on the model-updates topic, and starts with the
     model store's (``settings.model_dir``) live version when it is newer than the checkpoint.
+
+    ``timeline_path`` appends the run's timeline there (:mod:`stream.timeline`: windowed
+    prequential values every ``timeline_every`` events, drift detections, version changes), what
+    ``hailstream report`` draws; without it nothing is recorded.
     """
     from stream.topics import ensure_topics
 
@@ -351,6 +385,8 @@ def run_worker(
         settings, recommender, baselines=baselines, baseline_sample_every=baseline_sample_every,
         stats_path=stats_path, metrics=metrics,
     )
+    if timeline_path is not None:
+        runtime.timeline = Timeline(timeline_path, timeline_every, version=recommender.version)
     if metrics is not None and runtime.swapper is not None:
         try:
             server = serve_metrics(metrics, settings.metrics_port, settings.metrics_bind)
@@ -381,6 +417,9 @@ def run_worker(
             listener.stop()
         if runtime.monitor is not None:
             runtime.monitor.flush()
+        if runtime.timeline is not None:
+            with contextlib.suppress(OSError):
+                runtime.timeline.finish(runtime.prequential)
         if server is not None:
             server.close()
         with contextlib.suppress(OSError):
@@ -405,12 +444,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="forward passes per batch, grouped by history length (1 = one pass)")
     ap.add_argument("--peer", type=int, default=None, help="serve one peer network instead of the ensemble")
     ap.add_argument("--datadir", type=Path, default=None, help="Faust data directory (default: a temp dir)")
+    ap.add_argument("--timeline", type=Path, default=None,
+                    help="append the run's timeline (JSON lines) here, for `hailstream report`")
+    ap.add_argument("--timeline-every", type=int, default=DEFAULT_EVERY,
+                    help="events between two accuracy points of the timeline")
     args = ap.parse_args(argv)
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, app_id=args.app_id)
     run_worker(
         settings, args.checkpoint, stats_path=args.stats, baselines=not args.no_baselines,
         baseline_sample_every=args.baseline_sample_every, threads=args.threads,
         length_buckets=args.length_buckets, peer=args.peer, datadir=args.datadir,
+        timeline_path=args.timeline, timeline_every=args.timeline_every,
     )
     return 0
 

@@ -93,14 +93,24 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from stream.app import run_worker
 
     settings = _settings(args)
-    run_worker(settings, Path(args.checkpoint), stats_path=Path(args.stats_file) if args.stats_file else None)
+    run_worker(settings, Path(args.checkpoint), stats_path=Path(args.stats_file) if args.stats_file else None,
+               timeline_path=Path(args.timeline) if args.timeline else None)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from stream.report import report_command
+
+    print(report_command(Path(args.run), Path(args.out) if args.out else None, args.title))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import shlex
+
     from stream.demo import run_demo
 
-    settings = _settings(args)
+    settings = _settings(args, metrics_port=args.metrics_port, trainer_metrics_port=args.trainer_metrics_port)
     summary = run_demo(
         settings,
         dataset=args.dataset,
@@ -110,6 +120,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         max_rate=args.max_rate,
         summary_json=Path(args.summary_json) if args.summary_json else None,
         live=not args.quiet,
+        embedded=False if args.bootstrap_servers else None,
+        trainer=not args.no_trainer,
+        drift=args.drift or args.drift_at is not None,
+        drift_at=args.drift_at,
+        drift_seed=args.drift_seed,
+        linger=args.linger,
+        trainer_args=shlex.split(args.trainer_args or ""),
     )
     return 0 if summary.get("complete", False) else 1
 
@@ -188,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(w, kafka=True)
     w.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors)")
     w.add_argument("--stats-file", help="write live counters as JSON to this file every second")
+    w.add_argument("--timeline", help="append the run's timeline (JSON lines) here, for `hailstream report`")
     w.set_defaults(func=_cmd_worker)
 
     tr = sub.add_parser("trainer", help="run the incremental trainer: fine-tune on the stream, gate, promote, announce")
@@ -216,7 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-rate", type=float, help="replay at most N events per second")
     d.add_argument("--summary-json", help="also write the final summary as JSON here")
     d.add_argument("--quiet", action="store_true", help="no live view")
+    d.add_argument("--no-trainer", action="store_true", help="serve the initial model only: no fine-tunes")
+    d.add_argument("--drift", action="store_true",
+                   help="rename every item (seeded permutation) from the middle of the replay on: a real shift "
+                        "the run detects, fine-tunes on and recovers from (default --limit 10000 --max-rate 100)")
+    d.add_argument("--drift-at", type=int, help="start the shift at this replayed event (implies --drift)")
+    d.add_argument("--drift-seed", type=int, default=7, help="seed of the item permutation (default 7)")
+    d.add_argument("--linger", type=float, default=0.0,
+                   help="keep the worker and trainer serving (and /metrics scrapable) SECONDS after the replay")
+    d.add_argument("--metrics-port", type=int,
+                   help="worker /metrics port on 127.0.0.1 (env HAILSTREAM_METRICS_PORT, default 9464; 0 = any free)")
+    d.add_argument("--trainer-metrics-port", type=int,
+                   help="trainer /metrics port (env HAILSTREAM_TRAINER_METRICS_PORT, default 9465; 0 = any free)")
+    d.add_argument("--trainer-args", help='extra trainer flags, e.g. "--steps 50 --tolerance 0.01" '
+                                          "(see hailstream trainer --help)")
     d.set_defaults(func=_cmd_demo)
+
+    rp = sub.add_parser("report", help="plot a run's timeline (windowed HR@10, drift, model versions) as a PNG")
+    rp.add_argument("run", help="a run directory holding timeline.jsonl (the demo's), or a timeline file")
+    rp.add_argument("--out", help="PNG to write (default: <run dir>/report.png)")
+    rp.add_argument("--title", help="plot title (default: the run's name)")
+    rp.set_defaults(func=_cmd_report)
     return p
 
 

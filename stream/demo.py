@@ -3,9 +3,15 @@
 1. an embedded Kafka-wire broker (unless ``HAILSTREAM_BOOTSTRAP_SERVERS``/``--bootstrap-servers`` names one),
 2. the topics, 3. a HAIL model trained on the first part of the data (Foursquare NYC: block T0; Amazon
 Beauty: the first half in time), cached in the model directory, or a given checkpoint,
-4. a Faust worker in its own process, 5. a replay of the rest of the data set,
-6. a live console view, and a final summary (also as JSON with ``--summary-json``).
+4. a Faust worker and the incremental trainer (unless ``no_trainer``), each in its own process, with
+their ``/metrics`` on 127.0.0.1 and the model store in the run directory,
+5. a replay of the rest of the data set; with ``drift`` the items are renamed from the middle of
+the replay on (:mod:`stream.scenario`), so the run shows detection, fine-tune, hot swap and recovery,
+6. a live console view with the lifecycle's news, and a final summary (also as JSON with
+``--summary-json``); ``linger`` keeps the processes serving for that many seconds after the replay.
 
+The run directory (``<model dir>/../hailstream-runs/demo-<time>``) keeps the logs, the stats files,
+the model store and the worker's timeline (``hailstream report RUN_DIR`` draws it).
 Everything it starts is stopped at the end, on error and on Ctrl-C.
 """
 
@@ -15,11 +21,12 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +38,26 @@ from models.presets import preset
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.broker import EmbeddedBroker
+from stream.demo_view import RunView, drift_report, format_summary, live_line, summarize
 from stream.errors import StreamError
 from stream.replay import block_rows, replay
+from stream.scenario import DEFAULT_SEED, drift_position, remap_after
 from stream.settings import Settings, env_name
+from stream.timeline import TIMELINE_FILE, read_timeline
 from stream.topics import ensure_topics
-from stream.worker import MODEL_SCORER, read_stats
+from stream.worker import read_stats
+
+__all__ = ["format_summary", "run_demo", "split_stream", "summarize"]
 
 DEMO_EPOCHS = 8
+#: Events replayed with ``--drift`` when no ``--limit`` is given, and their pace (events/s) when no
+#: ``--max-rate`` is: slow enough that a fine-tune triggered by the shift finishes while the stream
+#: still runs, so the recovery is visible.
+DRIFT_LIMIT = 10_000
+DRIFT_MAX_RATE = 100.0
+#: Seconds to wait, after the replay, for a running fine-tune to end and its version to be served.
+FINISH_WAIT = 180.0
+STOP_GRACE = 15.0
 
 
 def split_stream(events: Interactions) -> tuple[Interactions, np.ndarray]:
@@ -68,16 +88,44 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
     return path
 
 
+def trainer_flags(stream_events: int) -> list[str]:
+    """The trainer's lifecycle settings for a demo replaying ``stream_events`` events, sized so that
+    a fine-tune finishes within a short demo on two CPU cores: a window of a fifth of the stream
+    (600..2000 events) with a tenth of it held out for the gate, a fine-tune every tenth of the
+    stream (at least 500 events apart; and on every drift signal, once twice the held-out slice
+    of new events arrived), 60 steps of 32 windows at learning rate 0.003: enough to relearn renamed items within
+    a few fine-tunes (``--drift``), while the gate rejects candidates that would be worse.
+
+    >>> trainer_flags(10_000)[:6]
+    ['--window', '2000', '--holdout', '200', '--reservoir', '200']
+    """
+    window = min(2000, max(600, stream_events // 5))
+    return ["--window", str(window), "--holdout", str(max(100, window // 10)), "--reservoir", str(window // 10),
+            "--every-events", str(max(500, stream_events // 10)), "--min-new-events", str(max(100, window // 6)),
+            "--steps", "60", "--batch-size", "32", "--lr", "0.003"]
+
+
+def check_port(bind: str, port: int, flag: str) -> None:
+    """Fail early, saying what to do, when a fixed metrics port is taken (0 = any free port)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as s:
+        try:
+            s.bind((bind, port))
+        except OSError as e:
+            raise StreamError(f"cannot serve metrics on {bind}:{port} ({e.strerror}): pass {flag} with a free "
+                              "port, or 0 to pick one") from None
+
+
 @contextlib.contextmanager
-def worker_process(settings: Settings, checkpoint: Path, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The Faust worker as a child process (its own session: our Ctrl-C is ours to handle)."""
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    log_file = open(run_dir / "worker.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.app", "--checkpoint", str(checkpoint), "--stats", str(run_dir / "stats.json"),
-         "--datadir", str(run_dir / "faust")],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+def child_process(name: str, argv: Sequence[str], settings: Settings, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python <argv>`` as a child process with ``settings`` in its environment and its output in
+    ``<run_dir>/<name>.log``, in its own session (our Ctrl-C is ours to handle); stopped on exit."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}, **settings.to_env(),
+           "PYTHONUNBUFFERED": "1"}
+    log_file = open(run_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         yield proc
     finally:
@@ -85,7 +133,7 @@ def worker_process(settings: Settings, checkpoint: Path, run_dir: Path) -> Itera
         log_file.close()
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
     """SIGTERM, wait ``grace`` seconds, then SIGKILL (a starting Faust worker may ignore SIGTERM)."""
     if proc.poll() is not None:
         return
@@ -97,44 +145,44 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         proc.wait(5)
 
 
-def _live_line(s: dict[str, Any], published: int, rate: float) -> str:
-    pq = s.get("prequential", {})
-    model = pq.get(MODEL_SCORER, {})
-    pop = pq.get("popularity", {})
-    return (f"events {s.get('events', 0):>7,}/{published:<7,} {rate:7.0f}/s | HR@10 HAIL {model.get('hr@10') or 0:.3f} "
-            f"pop {pop.get('hr@10') or 0:.3f} | NDCG@10 HAIL {model.get('ndcg@10') or 0:.3f} "
-            f"pop {pop.get('ndcg@10') or 0:.3f} | dead letters {s.get('dead_letters', 0)} | "
-            f"model {s.get('model_version', '?')}")
+def _read(path: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(StreamError, json.JSONDecodeError, OSError):
+        return read_stats(path)
+    return None
 
 
-def summarize(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The demo's final summary: counts, prequential metrics per scorer, versions, timings."""
-    scorers = {
-        name: {key: p.get(key) for key in ("hr@10", "ndcg@10", "mrr@10", "n", "cold")}
-        for name, p in stats.get("prequential", {}).items()
-    }
-    return {
-        "events": stats.get("events", 0),
-        "predictions": stats.get("predictions", 0),
-        "dead_letters": stats.get("dead_letters", 0),
-        "prequential": scorers,
-        "model_versions_served": sorted({str(stats.get("model_version", ""))} - {""}),
-        "promotions": 0,
-        "latency_s": stats.get("latency_s"),
-        **extra,
-    }
+def _timeline(run_dir: Path) -> list[dict[str, Any]]:
+    with contextlib.suppress(StreamError, OSError):
+        return read_timeline(run_dir / TIMELINE_FILE)
+    return []
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"events {summary['events']:,}  predictions {summary['predictions']:,}  "
-             f"dead letters {summary['dead_letters']:,}  wall {summary['wall_seconds']:.1f} s  "
-             f"first prediction after {summary.get('first_prediction_s') or float('nan'):.1f} s",
-             f"{'scorer':<16}{'HR@10':>8}{'NDCG@10':>9}{'MRR@10':>8}{'scored':>9}"]
-    for name, m in summary["prequential"].items():
-        lines.append(f"{name:<16}{m['hr@10'] or 0:>8.4f}{m['ndcg@10'] or 0:>9.4f}{m['mrr@10'] or 0:>8.4f}"
-                     f"{m['n'] or 0:>9,}")
-    lines.append(f"model versions served: {', '.join(summary['model_versions_served']) or '-'}")
-    return "\n".join(lines)
+class _Console:
+    """The live line (rewritten in place on a terminal) and news lines above it."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.tty = sys.stdout.isatty()
+        self._dangling = False
+
+    def say(self, text: str) -> None:
+        if not self.live:
+            return
+        if self._dangling:
+            print()
+            self._dangling = False
+        print(text, flush=True)
+
+    def line(self, text: str) -> None:
+        if not self.live:
+            return
+        print(text, end="\r" if self.tty else "\n", flush=True)
+        self._dangling = self.tty
+
+    def done(self) -> None:
+        if self._dangling:
+            print()
+            self._dangling = False
 
 
 def run_demo(
@@ -148,30 +196,70 @@ def run_demo(
     live: bool = True,
     embedded: bool | None = None,
     timeout: float = 900.0,
+    *,
+    trainer: bool = True,
+    drift: bool = False,
+    drift_at: int | None = None,
+    drift_seed: int = DEFAULT_SEED,
+    linger: float = 0.0,
+    trainer_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run the demo; returns the summary (``complete`` is True when every event was processed)."""
+    """Run the demo; returns the summary (``complete`` is True when every event was processed).
+
+    ``trainer`` runs the incremental trainer beside the worker; ``drift`` renames the items from
+    replayed event ``drift_at`` on (default: the middle; :func:`stream.scenario.remap_after`,
+    seeded by ``drift_seed``) and, unless given, replays :data:`DRIFT_LIMIT` events at
+    :data:`DRIFT_MAX_RATE` events/s; ``linger`` seconds of serving follow the replay (for
+    scrapes); ``trainer_args`` are extra ``python -m stream.trainer`` flags (they win over the
+    demo's own, :func:`trainer_flags`)."""
     started = time.time()
-    say = print if live else (lambda *_a, **_k: None)
+    console = _Console(live)
+    say = console.say
     if embedded is None:
         embedded = not os.environ.get(env_name("bootstrap_servers"))
-    run_dir = (Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+    check_port(settings.metrics_bind, settings.metrics_port, "--metrics-port")
+    if trainer:
+        check_port(settings.metrics_bind, settings.trainer_metrics_port, "--trainer-metrics-port")
     events = load_dataset(dataset, settings.data_dir)
     train_part, rows = split_stream(events)
+    if drift:
+        limit = DRIFT_LIMIT if limit is None else limit
+        max_rate = DRIFT_MAX_RATE if max_rate is None else max_rate
     if limit is not None:
         rows = rows[:limit]
+    at = None
+    if drift:
+        at = drift_position(len(rows), drift_at)
+        events = remap_after(events, rows, at, drift_seed)
+    run_dir = (Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint or demo_model(settings, dataset, train_part, epochs or DEMO_EPOCHS, say)
+    child = settings.replace(model_dir=run_dir / "models")
+    wstats_path, tstats_path = run_dir / "stats.json", run_dir / "trainer.json"
 
     with contextlib.ExitStack() as stack:
         if embedded:
             broker = stack.enter_context(EmbeddedBroker(log_dir=run_dir))
             settings = settings.replace(bootstrap_servers=broker.bootstrap)
+            child = child.replace(bootstrap_servers=broker.bootstrap)
             say(f"broker: embedded Tansu at {broker.bootstrap}")
         ensure_topics(settings)
-        worker = stack.enter_context(worker_process(settings, ckpt, run_dir))
+        worker = stack.enter_context(child_process("worker", [
+            "-m", "stream.app", "--checkpoint", str(ckpt), "--stats", str(wstats_path),
+            "--datadir", str(run_dir / "faust"), "--timeline", str(run_dir / TIMELINE_FILE)], child, run_dir))
         say(f"worker: pid {worker.pid}, log {run_dir / 'worker.log'}")
+        procs = {"worker": worker}
+        if trainer:
+            procs["trainer"] = stack.enter_context(child_process("trainer", [
+                "-m", "stream.trainer", "--checkpoint", str(ckpt), "--stats-file", str(tstats_path),
+                *trainer_flags(len(rows)), *trainer_args], child, run_dir))
+            say(f"trainer: pid {procs['trainer'].pid}, log {run_dir / 'trainer.log'}, model store {child.model_dir}")
+        if at is not None:
+            say(f"drift: item ids are remapped (seed {drift_seed}) from replayed event {at:,} of {len(rows):,}, "
+                f"replay at {max_rate:g} events/s")
 
+        _wait_ready(procs, [wstats_path, tstats_path] if trainer else [wstats_path], run_dir, started + timeout)
+        say(f"ready after {time.time() - started:.0f} s: replaying {len(rows):,} events of {dataset}")
         published: dict[str, Any] = {"n": 0, "done": False, "error": None}
 
         def publish() -> None:
@@ -184,49 +272,88 @@ def run_demo(
 
         t_replay = time.time()
         threading.Thread(target=publish, name="replay", daemon=True).start()
-        stats_path = run_dir / "stats.json"
-        stats: dict[str, Any] = {}
+        view = RunView()
+        wstats: dict[str, Any] = {}
+        tstats: dict[str, Any] | None = None
         first_prediction_s = None
         last_events, last_t = 0, time.time()
         target = len(rows)
+        streamed_at: float | None = None
         while time.time() - started < timeout:
             time.sleep(1.0)
-            if worker.poll() is not None:
-                raise StreamError(f"the worker exited with status {worker.returncode}; see {run_dir / 'worker.log'}")
+            _check_alive(procs, run_dir)
             if published["error"] is not None:
                 raise StreamError(f"replay failed: {published['error']}")
-            with contextlib.suppress(StreamError, json.JSONDecodeError):
-                stats = read_stats(stats_path)
-            if first_prediction_s is None and stats.get("predictions", 0) > 0:
+            wstats = _read(wstats_path) or wstats
+            tstats = (_read(tstats_path) or tstats) if trainer else None
+            for news in view.update(wstats, tstats):
+                say(news)
+            if first_prediction_s is None and wstats.get("predictions", 0) > 0:
                 first_prediction_s = time.time() - started
             now = time.time()
-            rate = (stats.get("events", 0) - last_events) / max(now - last_t, 1e-9)
-            last_events, last_t = stats.get("events", 0), now
-            if live:
-                end = "\r" if sys.stdout.isatty() else "\n"
-                print(_live_line(stats, target, rate), end=end, flush=True)
-            if published["done"] and stats.get("events", 0) >= target:
+            rate = (wstats.get("events", 0) - last_events) / max(now - last_t, 1e-9)
+            last_events, last_t = wstats.get("events", 0), now
+            console.line(live_line(wstats, tstats, target, rate))
+            if streamed_at is None and published["done"] and wstats.get("events", 0) >= target:
+                streamed_at = now
+                say(f"replay: all {target:,} events processed" + (f"; serving {linger:g} s more" if linger else ""))
+            if streamed_at is not None and _settled(wstats, tstats, target, now - streamed_at) and now - streamed_at >= linger:
                 break
-        if live and sys.stdout.isatty():
-            print()
-        stop_process(worker)
-        with contextlib.suppress(StreamError, json.JSONDecodeError):
-            stats = read_stats(stats_path)
+        console.done()
+        for proc in reversed(list(procs.values())):
+            stop_process(proc)
+        wstats = _read(wstats_path) or wstats
+        tstats = (_read(tstats_path) or tstats) if trainer else None
+        for news in view.update(wstats, tstats):
+            say(news)
 
-    wall = time.time() - started
-    summary = summarize(stats, {
+    timeline = _timeline(run_dir)
+    summary = summarize(wstats, tstats, view.versions, timeline, {
         "dataset": dataset,
-        "complete": stats.get("events", 0) >= target,
+        "complete": wstats.get("events", 0) >= len(rows),
         "published": published["n"],
-        "wall_seconds": wall,
+        "wall_seconds": time.time() - started,
         "stream_seconds": time.time() - t_replay,
         "first_prediction_s": first_prediction_s,
         "checkpoint": str(ckpt),
         "run_dir": str(run_dir),
+        "trainer": trainer,
+        "drift_at": at,
+        "drift": drift_report(at, timeline, tstats) if at is not None else None,
+        "metrics_urls": dict(view.urls),
     })
     if live:
         print(format_summary(summary))
+        print(f"timeline: {run_dir / TIMELINE_FILE} (hailstream report {run_dir})")
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _check_alive(procs: dict[str, subprocess.Popen[bytes]], run_dir: Path) -> None:
+    for name, proc in procs.items():
+        if proc.poll() is not None:
+            raise StreamError(f"the {name} exited with status {proc.returncode}; see {run_dir / (name + '.log')}")
+
+
+def _wait_ready(procs: dict[str, subprocess.Popen[bytes]], stats: list[Path], run_dir: Path, deadline: float) -> None:
+    """Wait until every process wrote its stats file (it runs and consumes), so that a paced replay
+    is paced for the worker, not for the topic."""
+    while not all(p.exists() for p in stats):
+        _check_alive(procs, run_dir)
+        if time.time() > deadline:
+            raise StreamError(f"the processes did not start in time; see the logs in {run_dir}")
+        time.sleep(0.25)
+
+
+def _settled(worker: dict[str, Any], trainer: dict[str, Any] | None, target: int, waited: float) -> bool:
+    """Whether the run may end after the replay: the trainer learned the ``target`` events too, no
+    fine-tune is running, and the worker serves the trainer's latest promotion (or
+    :data:`FINISH_WAIT` seconds passed)."""
+    if trainer is None or waited >= FINISH_WAIT:
+        return True
+    if trainer.get("running") or trainer.get("events", 0) < target:
+        return False
+    promoted = trainer.get("outcomes", {}).get("promoted", 0)
+    return not promoted or worker.get("live_model_version") == trainer.get("live_version")

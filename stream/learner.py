@@ -9,7 +9,9 @@ streaming benchmark runs in-process on a replayed event sequence (same code, sam
    and the :class:`stream.window.TrainingWindow` (recent window + user context + reservoir).
 2. :meth:`Learner.due` says whether a fine-tune should start: every ``every_events`` events, every
    ``every_seconds`` seconds, or after :meth:`Learner.request` (a drift signal, an operator), once
-   at least ``min_new_events`` new events arrived since the last one.
+   at least ``min_new_events`` new events arrived since the last one. A drift signal first waits
+   for ``drift_wait`` events of the new regime (default 2 x ``holdout``; other triggers wait with
+   it), so that the gate's held-out slice and part of the training data come after the change.
 3. :meth:`Learner.prepare` snapshots the data (cheap; the stream may go on meanwhile),
    :meth:`Learner.run` does the heavy part (safe in another thread): a copy of the live model,
    grown for new items with recycled rows re-initialised (:func:`models.capacity.candidate_from`),
@@ -173,7 +175,7 @@ class Learner:
         self.events = 0
         self._since = 0  # events since the last fine-tune started
         self._last_at = now()
-        self._requested: tuple[str, float] | None = None
+        self._requested: tuple[str, float, int] | None = None  # reason, time, self.events at the request
         self._seq = 0
         self.outcomes: dict[str, int] = {"promoted": 0, "rejected": 0, "failed": 0}
         self.history: list[dict[str, Any]] = []
@@ -200,7 +202,7 @@ class Learner:
         if reason == "drift" and not self.config.on_drift:
             return
         if self._requested is None:
-            self._requested = (reason, time.time())
+            self._requested = (reason, time.time(), self.events)
 
     @property
     def pending_request(self) -> str | None:
@@ -213,7 +215,10 @@ class Learner:
         if self._since < max(cfg.min_new_events, 1) or len(self.window) < cfg.holdout + 2:
             return None
         if self._requested is not None:
-            return self._requested[0]
+            reason, _, at = self._requested
+            if reason == "drift" and self.events - at < cfg.drift_events:
+                return None  # collect the new regime first; scheduled triggers wait too
+            return reason
         if cfg.every_events is not None and self._since >= cfg.every_events:
             return "events"
         t = self._now() if now is None else now

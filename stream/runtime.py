@@ -17,6 +17,7 @@ from stream.monitor import WorkerMonitor
 from stream.online import OnlineBaselines, OnlineRecommender
 from stream.prequential import Prequential
 from stream.settings import Settings
+from stream.timeline import Timeline
 from stream.worker import WorkerStats, new_prequential, write_stats
 
 
@@ -41,6 +42,8 @@ class WorkerRuntime:
     #: next offset to process per interactions partition (for the consumer lag)
     positions: dict[int, int] = field(default_factory=dict)
     drift_published: int = 0
+    #: the run's timeline file (None: not recorded); fed after every batch, in the batch thread
+    timeline: Timeline | None = None
     _last_error: str = field(default="", repr=False)
 
     def snapshot(self) -> dict[str, Any]:

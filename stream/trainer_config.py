@@ -37,6 +37,7 @@ class TrainerConfig:
     every_events: int | None = 5000
     every_seconds: float | None = None
     on_drift: bool = True
+    drift_wait: int | None = None
     min_new_events: int = 500
     steps: int = 50
     lr: float = 1e-3
@@ -51,6 +52,12 @@ class TrainerConfig:
     keep_rejected: bool = False
     keep_versions: int = 10
 
+    @property
+    def drift_events(self) -> int:
+        """Events to collect after a drift signal before its fine-tune starts (``drift_wait``,
+        default twice the held-out slice: the newest half gates, the rest is new training data)."""
+        return 2 * self.holdout if self.drift_wait is None else self.drift_wait
+
     def __post_init__(self) -> None:
         if self.holdout < 0 or self.holdout >= self.window:
             raise StreamError(f"holdout must be in 0..window-1 events, not {self.holdout} (window {self.window})")
@@ -62,6 +69,8 @@ class TrainerConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise StreamError(f"{name} must be > 0 (or None to disable that trigger), not {v!r}")
+        if self.drift_wait is not None and self.drift_wait < 0:
+            raise StreamError(f"drift_wait must be >= 0 events (or None for 2 x holdout), not {self.drift_wait}")
         if self.steps < 1 or self.batch_size < 1 or self.min_new_events < 0 or self.tolerance < 0:
             raise StreamError("steps and batch_size must be >= 1, min_new_events and tolerance >= 0")
 
@@ -69,7 +78,7 @@ class TrainerConfig:
 #: TrainerConfig fields settable from the command line, with their types.
 CLI_FIELDS: dict[str, type] = {
     "window": int, "span": float, "reservoir": int, "holdout": int, "every_events": int, "every_seconds": float,
-    "min_new_events": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float, "item_capacity": int,
+    "min_new_events": int, "drift_wait": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float, "item_capacity": int,
     "max_users": int, "seed": int, "keep_versions": int,
 }
 

@@ -270,7 +270,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
         return {"steps": 1.0, "loss": 9.0, "first_loss": 9.0, "last_loss": 9.0, "seconds": 0.0}
 
     monkeypatch.setattr(learner_mod, "fine_tune", scramble)
-    config = TrainerConfig(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1)
+    config = TrainerConfig(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0)
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
     wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"

@@ -15,7 +15,7 @@ from models.errors import ModelsError
 from models.evaluate import ModelScorer, evaluate
 from models.hail import HAIL, HailConfig
 from models.splits import SequenceSplit, leave_last_out
-from models.trainer import TrainConfig, fine_tune, left_pad, make_windows, train
+from models.trainer import TrainConfig, batch_order, fine_tune, left_pad, make_windows, train, trim_padding
 from models.vocab import ItemVocab
 
 TINY = HailConfig(n_peers=2, hidden=16, layers=1, dropout=0.0, max_len=8, med_topk=3)
@@ -143,3 +143,32 @@ def test_short_real_run_beats_popularity() -> None:
     best = max(h["valid_ndcg@10"] for h in result.history)
     # measured: popularity 0.018, this model 0.13 after one epoch
     assert best > pop + 0.05, (best, pop)
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "gru4rec"])
+def test_trimming_padding_columns_keeps_the_loss(encoder: str) -> None:
+    """The trainer drops all-padding columns of a batch: same loss and gradients (float rounding)."""
+    torch.manual_seed(0)
+    model = HAIL(replace(TINY, encoders=(encoder,), max_len=12), 30)
+    batch = make_windows([np.arange(1, 6), np.arange(3, 10), np.arange(10, 14)], max_len=12)
+    assert (batch[:, :4] == 0).all() and trim_padding(batch).shape[1] < batch.shape[1]
+    grads = []
+    for b in (batch, trim_padding(batch)):
+        model.zero_grad()
+        loss, _ = model.training_loss(b[:, :-1], b[:, 1:])
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    for g0, g1 in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.allclose(g0, g1, atol=1e-5)
+
+
+def test_batch_order_covers_every_window_once_and_groups_lengths() -> None:
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 51, (1000,), generator=gen)
+    batches = batch_order(lengths, 16, gen, pool=10)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+    spread = np.mean([int(lengths[b].max() - lengths[b].min()) for b in batches])
+    assert spread < 10  # random batches of 16 from 1..50 would spread about 45
+    again = batch_order(lengths, 16, torch.Generator().manual_seed(2), pool=10)
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]

@@ -269,6 +269,12 @@ class PrometheusServer:
             return [{"metric": {}, "value": result}]
         return list(result)
 
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict[str, Any]]:
+        """Range query from ``start`` to ``end`` (unix seconds) every ``step`` seconds, as a Grafana
+        panel draws it: the series that have at least one value in the range (empty when none)."""
+        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
+        return [s for s in data["result"] if s.get("values")]
+
     def wait_for(self, expr: str, timeout: float = 30.0, predicate: Any = bool) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``predicate(result)`` holds; raises PrometheusError at ``timeout``."""
         deadline = time.monotonic() + timeout

@@ -146,8 +146,12 @@ def test_triggers() -> None:
     stream.feed(learner, 150)
     learner.request("drift")
     assert learner.due() is None  # too few new events to learn a new regime from
-    stream.feed(learner, 50)
+    stream.feed(learner, 199)
+    clock[0] = 61.0
+    assert learner.due() is None  # 199 < 2 x holdout events since the signal: the schedule waits too
+    stream.feed(learner, 1)
     assert learner.due() == "drift"
+    clock[0] = 0.0
     learner.prepare("drift")
     assert learner.due() is None and learner.pending_request is None
     stream.feed(learner, 300)
@@ -165,7 +169,25 @@ def test_triggers() -> None:
     assert no_drift.pending_request is None
 
 
+def test_operator_requests_do_not_wait_for_drift_events() -> None:
+    vocab = ItemVocab(OLD)
+    learner = Learner(_model(vocab), vocab, "v1", 1, _config(every_events=None, min_new_events=100, drift_wait=30))
+    Stream().feed(learner, 110)
+    learner.request("manual")
+    assert learner.due() == "manual"
+    learner.prepare("manual")
+    Stream().feed(learner, 120)
+    learner.request("drift")
+    Stream().feed(learner, 29)
+    assert learner.due() is None
+    Stream().feed(learner, 1)
+    assert learner.due() == "drift"
+
+
 def test_config_is_validated() -> None:
+    with pytest.raises(StreamError, match="drift_wait"):
+        TrainerConfig(drift_wait=-1)
+    assert TrainerConfig(holdout=300).drift_events == 600 and TrainerConfig(drift_wait=0).drift_events == 0
     with pytest.raises(StreamError):
         TrainerConfig(window=100, holdout=100)
     with pytest.raises(StreamError):
