@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from stream.app import changelog_topic
 from stream.broker import EmbeddedBroker
 from stream.control import CONTROL_KEY, trigger_message
 from stream.demo import split_stream
+from stream.procs import spawn_python, stop_process
 from stream.records import Prediction
 from stream.replay import generate_load, make_producer
 from stream.settings import Settings
@@ -58,28 +58,8 @@ from stream.worker import read_stats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    env.update(settings.replace(log_level="INFO").to_env())
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(settings), stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return spawn_python(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
 
 
 def _stats(path: Path) -> dict[str, Any]:
@@ -243,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             res["throughput"] = {"idle": idle, "fine_tuning": busy,
                                  "ratio": busy["events_per_s"] / idle["events_per_s"]}
             print(json.dumps(res["throughput"]), flush=True)
-            _stop(trainer)
+            stop_process(trainer)
 
             # 2. latency with the default fine-tune budget
             steps = ["--steps", str(args.steps)] if args.steps else []
@@ -280,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             flow_thread.join(30)
             res["latency"] = {"runs": runs, "median_total_s": statistics.median(r["total_s"] for r in runs)}
         finally:
-            _stop(trainer)
-            _stop(worker)
+            stop_process(trainer)
+            stop_process(worker)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))

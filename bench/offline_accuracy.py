@@ -11,6 +11,9 @@ MRR@10, plus seconds per training epoch and the best epoch.
         --epochs 20 --out bench/results/offline_accuracy.json
 
 Writes JSON with every run and prints a Markdown table (also saved next to the JSON as .md).
+Runs split over processes (e.g. one per data set, or a seed in another process) are combined with
+
+    python bench/offline_accuracy.py --merge a.json b.json --out bench/results/offline_accuracy.json
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = []
     for ds, res in results["datasets"].items():
         lines.append(f"\n### {ds} — test split, full ranking, seeds requested {results['seeds']}, "
-                     f"at most {results['epochs']} epochs\n")
+                     f"at most {res.get('epochs', results['epochs'])} epochs\n")
         lines.append("| model | NDCG@10 | HR@10 | MRR@10 | seeds run | s/epoch | best epoch |")
         lines.append("|---|---|---|---|---|---|---|")
         for name, m in res["baselines"].items():
@@ -122,6 +125,29 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One result from several runs of this script: data sets side by side, runs of the same
+    model row appended (seeds), baselines/sweep/chosen from the first file that has them."""
+    merged: dict[str, Any] = {"commands": [], "datasets": {}, "seeds": [], "epochs": None}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        merged["commands"].append(part["command"])
+        merged.setdefault("machine", part["machine"])
+        merged.setdefault("date", part["date"])
+        merged["seeds"] = sorted(set(merged["seeds"]) | set(part["seeds"]))
+        merged["epochs"] = merged["epochs"] or part["epochs"]
+        for ds, res in part["datasets"].items():
+            into = merged["datasets"].setdefault(ds, {"models": {}, "epochs": part["epochs"]})
+            for key in ("baselines", "sweep", "chosen"):
+                if key in res and key not in into:
+                    into[key] = res[key]
+            for name, runs in res["models"].items():
+                have = {r["seed"] for r in into["models"].get(name, [])}
+                into["models"].setdefault(name, []).extend(r for r in runs if r["seed"] not in have)
+    merged["command"] = " && ".join(merged["commands"])
+    return merged
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["foursquare-nyc", "amazon-beauty"])
@@ -139,7 +165,16 @@ def main() -> None:
     p.add_argument("--repeat-mix", action="store_true", help="also report each model mixed with the user's "
                    "item frequencies (α chosen on validation)")
     p.add_argument("--out", default="bench/results/offline_accuracy.json")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier runs' JSON files into --out")
     args = p.parse_args()
+    if args.merge:
+        results = merge(args.merge)
+        out = Path(args.out)
+        out.write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(f"Commands: `{results['command']}`\nMachine: {results['machine']}\n"
+                                          f"Date: {results['date']}\n{markdown(results)}\n")
+        print(markdown(results))
+        return
     torch.set_num_threads(args.threads)
 
     results: dict[str, Any] = {
@@ -156,7 +191,7 @@ def main() -> None:
         events = load_dataset(ds)
         split = leave_last_out(events)
         tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False)
-        res: dict[str, Any] = {"baselines": baseline_metrics(split, events, "test"), "models": {}}
+        res: dict[str, Any] = {"baselines": baseline_metrics(split, events, "test"), "models": {}, "epochs": args.epochs}
         print(f"{ds}: baselines " + ", ".join(f"{k} {v['ndcg@10']:.4f}" for k, v in res["baselines"].items()), flush=True)
         form, lam, topk = args.med.split(":")
         best = {"med_form": form, "med_weight": float(lam), "med_topk": int(topk), "med_warmup_epochs": 0}

@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from models.trainer import TrainConfig, train
 from stream.broker import EmbeddedBroker
 from stream.demo_view import RunView, drift_report, format_summary, live_line, summarize
 from stream.errors import StreamError
+from stream.procs import child_process, stop_process
 from stream.replay import block_rows, replay
 from stream.scenario import DEFAULT_SEED, drift_position, remap_after
 from stream.settings import Settings, env_name
@@ -57,7 +57,6 @@ DRIFT_LIMIT = 10_000
 DRIFT_MAX_RATE = 100.0
 #: Seconds to wait, after the replay, for a running fine-tune to end and its version to be served.
 FINISH_WAIT = 180.0
-STOP_GRACE = 15.0
 
 
 def split_stream(events: Interactions) -> tuple[Interactions, np.ndarray]:
@@ -115,34 +114,6 @@ def check_port(bind: str, port: int, flag: str) -> None:
         except OSError as e:
             raise StreamError(f"cannot serve metrics on {bind}:{port} ({e.strerror}): pass {flag} with a free "
                               "port, or 0 to pick one") from None
-
-
-@contextlib.contextmanager
-def child_process(name: str, argv: Sequence[str], settings: Settings, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python <argv>`` as a child process with ``settings`` in its environment and its output in
-    ``<run_dir>/<name>.log``, in its own session (our Ctrl-C is ours to handle); stopped on exit."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}, **settings.to_env(),
-           "PYTHONUNBUFFERED": "1"}
-    log_file = open(run_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-        log_file.close()
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL (a starting Faust worker may ignore SIGTERM)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

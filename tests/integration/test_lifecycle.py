@@ -14,10 +14,7 @@ Killing a writer mid-checkpoint is covered in tests/stream/test_model_store.py.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -38,6 +35,7 @@ from stream.control import CONTROL_KEY, drift_message, parse_control
 from stream.learner import TrainerConfig
 from stream.metrics import Metrics, declared_families, version_number
 from stream.model_store import ModelStore
+from stream.procs import spawn_python, stop_process
 from stream.records import Prediction
 from stream.replay import make_producer, replay
 from stream.settings import Settings
@@ -66,27 +64,8 @@ def initial(events: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
                            {"version": "1"})
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    env.update(settings.replace(log_level="INFO").to_env())
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(settings), stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return spawn_python(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
 
 
 def _wait(what: str, check: Callable[[], Any], procs: list[tuple[subprocess.Popen[bytes], Path]],
@@ -231,8 +210,8 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert tm["hailstream_model_version"] == version_number(live)
 
         # restart: stop both, start a worker with the *initial* checkpoint: it serves the store's latest
-        _stop(trainer)
-        _stop(worker)
+        stop_process(trainer)
+        stop_process(worker)
         latest = ModelStore(settings.model_dir).latest_promoted()
         assert latest is not None and latest.label == live
         wstats.unlink()
@@ -252,7 +231,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
     finally:
         for proc in (trainer, worker, worker2):
             if proc is not None:
-                _stop(proc)
+                stop_process(proc)
 
 
 def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
@@ -308,5 +287,5 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
     finally:
         runtime.stop()
         thread.join(30)
-        _stop(worker)
+        stop_process(worker)
     assert not thread.is_alive()
