@@ -117,3 +117,26 @@ def consume() -> Callable[..., list[Any]]:
         return out
 
     return _consume
+
+
+def read_topic(settings: Settings, topic: str, min_n: int = 0, timeout: float = 20.0) -> list[Any]:
+    """Every record of ``topic`` (all partitions, from the beginning, no consumer group): polls until
+    ``min_n`` records arrived and then three polls in a row came back empty, or ``timeout`` passed."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while time.monotonic() < deadline and (len(out) < min_n or idle < 3):
+            batch = consumer.poll(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for records in batch.values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()

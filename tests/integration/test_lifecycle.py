@@ -28,7 +28,7 @@ import torch
 import stream.learner as learner_mod
 from models.checkpoint import save_checkpoint
 from models.data import load_dataset
-from models.hail import HAIL, HailConfig
+from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.control import CONTROL_KEY, drift_message, parse_control
@@ -41,6 +41,8 @@ from stream.replay import make_producer, replay
 from stream.settings import Settings
 from stream.trainer import TrainerRuntime, open_learner
 from stream.worker import read_stats
+from tests.fakes import scrambling_fine_tune
+from tests.integration.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -85,27 +87,6 @@ def _wait(what: str, check: Callable[[], Any], procs: list[tuple[subprocess.Pope
         time.sleep(0.25)
     logs = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for _, log in procs)
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
-
-
-def _read_topic(settings: Settings, topic: str, min_n: int = 0, timeout: float = 20.0) -> list[Any]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        idle = 0
-        while time.monotonic() < deadline and (len(out) < min_n or idle < 3):
-            batch = consumer.poll(timeout_ms=300)
-            idle = 0 if batch else idle + 1
-            for records in batch.values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close()
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -172,14 +153,14 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert w["swaps"] >= 3 and w["swap_failures"] == 0
 
         # model_version increases along the predictions
-        preds = sorted((Prediction.from_json(r.value) for r in _read_topic(settings, settings.predictions_topic,
+        preds = sorted((Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic,
                                                                            STREAM)), key=lambda p: p.produced_at)
         assert len(preds) >= STREAM
         numbers = [version_number(p.model_version) for p in preds]
         assert numbers == sorted(numbers), "a prediction was served by an older version than an earlier one"
         assert numbers[0] == 1 and len(set(numbers)) >= 3
         # each announcement on the model-updates topic names a version in the store
-        announced = [m for r in _read_topic(settings, settings.model_updates_topic)
+        announced = [m for r in read_topic(settings, settings.model_updates_topic)
                      if (m := parse_control(r.value)) and m["type"] == "model"]
         store = ModelStore(settings.model_dir)
         assert [m["version"] for m in announced] == [v.label for v in store.list() if v.version > 1]
@@ -222,7 +203,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert read_stats(wstats)["live_model_version"] == live
         replay(events, settings, progress=False, start=TRAIN_ON + STREAM, limit=100, event_id_prefix="after")
         def after_restart() -> list[Prediction] | None:
-            records = _read_topic(settings, settings.predictions_topic, STREAM + 100, timeout=5)
+            records = read_topic(settings, settings.predictions_topic, STREAM + 100, timeout=5)
             found = [p for r in records if (p := Prediction.from_json(r.value)).event_id.startswith("after:")]
             return found if len(found) >= 100 else None
 
@@ -239,16 +220,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
 ) -> None:
     settings = lifecycle_settings
 
-    def scramble(model: HAIL, *args: object, **kw: object) -> dict[str, float]:
-        # the candidate is made worse on purpose: its item tables are shuffled
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for peer in model.networks:
-                w = peer.item_emb.weight
-                w[1:] = w[1:][torch.randperm(w.shape[0] - 1, generator=gen)]
-        return {"steps": 1.0, "loss": 9.0, "first_loss": 9.0, "last_loss": 9.0, "seconds": 0.0}
-
-    monkeypatch.setattr(learner_mod, "fine_tune", scramble)
+    monkeypatch.setattr(learner_mod, "fine_tune", scrambling_fine_tune)
     config = TrainerConfig(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0)
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
@@ -281,7 +253,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
         # the worker kept serving the initial version
         replay(events, settings, progress=False, start=TRAIN_ON + 1000, limit=200, event_id_prefix="late")
         _wait("the late events", lambda: read_stats(wstats)["events"] >= 1200, procs)
-        preds = [Prediction.from_json(r.value) for r in _read_topic(settings, settings.predictions_topic, 1200)]
+        preds = [Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic, 1200)]
         assert len(preds) >= 1200 and {p.model_version for p in preds} == {"1"}
         assert read_stats(wstats)["swaps"] == 0
     finally:

@@ -3,7 +3,6 @@ and ``hailstream report`` draws it. One short run (a tiny untrained model, 300 e
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
 from stream.app import changelog_topic
 from stream.cli import main as cli_main
+from stream.procs import child_env
 from stream.replay import replay
 from stream.settings import Settings
 from stream.timeline import read_timeline
@@ -48,8 +48,7 @@ def test_worker_with_timeline_flag_records_points_and_report_draws_them(
     run = tmp_path / "run"
     run.mkdir()
     stats, log = run / "stats.json", run / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    env.update(settings.to_env(), HAILSTREAM_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+    env = {**child_env(settings.replace(log_level="WARNING")), "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stream.app", "--checkpoint", str(checkpoint), "--stats", str(stats),

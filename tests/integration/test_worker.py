@@ -30,11 +30,13 @@ from models.metrics import topk_metrics
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.app import changelog_topic
+from stream.procs import child_env
 from stream.records import Prediction
 from stream.replay import make_producer, replay
 from stream.settings import Settings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import MODEL_SCORER, read_stats, replay_states
+from tests.integration.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -69,36 +71,7 @@ def _settings(bootstrap: str) -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    for name in ("bootstrap_servers", "interactions_topic", "predictions_topic", "dead_letter_topic",
-                 "model_updates_topic", "app_id", "partitions"):
-        env[f"HAILSTREAM_{name.upper()}"] = str(getattr(settings, name))
-    env["HAILSTREAM_LOG_LEVEL"] = "WARNING"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def _read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
-    """Every record of ``topic`` (all partitions, from the beginning), without a consumer group."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        idle = 0
-        while time.monotonic() < deadline and idle < 3:
-            batch = consumer.poll(timeout_ms=300)
-            idle = 0 if batch else idle + 1
-            for records in batch.values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close()
+    return {**child_env(settings.replace(log_level="WARNING")), "PYTHONPATH": str(ROOT)}
 
 
 def _listening_sockets(pid: int) -> list[tuple[str, str]]:
@@ -222,10 +195,10 @@ def run(broker: str, events: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         yield Run(
             settings, checkpoint, tmp,
-            inputs=_read_topic(settings, settings.interactions_topic),
-            predictions=_read_topic(settings, settings.predictions_topic),
-            dead_letters=_read_topic(settings, settings.dead_letter_topic),
-            changelog=_read_topic(settings, changelog_topic(settings)),
+            inputs=read_topic(settings, settings.interactions_topic),
+            predictions=read_topic(settings, settings.predictions_topic),
+            dead_letters=read_topic(settings, settings.dead_letter_topic),
+            changelog=read_topic(settings, changelog_topic(settings)),
             stats=read_stats(stats_path),
             sockets=sockets,
             returncode=rc,
@@ -315,7 +288,7 @@ def test_a_restart_resumes_from_the_changelog_and_committed_offsets(run: Run, ev
         assert _stop(proc) == 0
     stats = read_stats(stats_path)
     assert stats["events"] == N_MORE and stats["duplicates_skipped"] == 0  # resumed at the committed offsets
-    preds = [Prediction.from_json(r.value) for r in _read_topic(settings, settings.predictions_topic)]
+    preds = [Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic)]
     new = [p for p in preds if int(p.event_id.split(":")[1]) >= N]
     assert sorted(int(p.event_id.split(":")[1]) for p in new) == list(range(N, N + N_MORE))
     # The table came back from the changelog: users seen before are not cold after the restart.
@@ -323,7 +296,7 @@ def test_a_restart_resumes_from_the_changelog_and_committed_offsets(run: Run, ev
     expected_cold = len({str(u) for u in events.users[N : N + N_MORE]} - seen_before)
     assert stats["prequential"][MODEL_SCORER]["cold"] == expected_cold
     table: dict[str, list[str]] = {}
-    for r in sorted(_read_topic(settings, changelog_topic(settings)), key=lambda r: (r.partition, r.offset)):
+    for r in sorted(read_topic(settings, changelog_topic(settings)), key=lambda r: (r.partition, r.offset)):
         table[json.loads(r.key)] = json.loads(r.value)["items"]
     all_valid = [(str(events.users[i]), str(events.items[i])) for i in range(N + N_MORE)]
     assert table == replay_states(all_valid, settings.max_seq_len)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,15 +9,6 @@ from models.encoders import GRU4RecEncoder, SASRecEncoder, make_encoder
 from models.errors import ModelsError
 
 KINDS = ["sasrec", "gru4rec"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: more threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(kind: str, n_rows: int = 12, max_len: int = 8, dropout: float = 0.0, seed: int = 0):

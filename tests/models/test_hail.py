@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 
 import pytest
@@ -18,15 +17,6 @@ SMALL = HailConfig(n_peers=2, hidden=16, layers=1, heads=1, dropout=0.0, max_len
 SEQS = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 5, 6, 7, 8, 9], [0, 0, 0, 0, 2, 3]])
 TARGETS = torch.tensor([[0, 1, 2, 3, 4, 5], [5, 6, 7, 8, 9, 1], [0, 0, 0, 2, 3, 7]])
 ROWS = 12
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: more threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def model(cfg: HailConfig = SMALL, rows: int = ROWS) -> HAIL:

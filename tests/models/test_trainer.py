@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -19,15 +18,6 @@ from models.trainer import TrainConfig, batch_order, fine_tune, left_pad, make_w
 from models.vocab import ItemVocab
 
 TINY = HailConfig(n_peers=2, hidden=16, layers=1, dropout=0.0, max_len=8, med_topk=3)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: more threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_left_pad_keeps_the_latest_items_at_the_end() -> None:

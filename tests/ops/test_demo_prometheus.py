@@ -14,7 +14,6 @@ shift position, detections, fine-tunes and promotions, and a drift record in the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.metrics import Metrics, declared_metric_names
+from stream.procs import child_env
 from stream.replay import make_producer
 from stream.timeline import TIMELINE_FILE, read_timeline
 from stream.topics import delete_topics
@@ -92,9 +92,7 @@ def test_every_dashboard_query_returns_data_from_a_real_demo(
     settings = integration.unique_settings(broker)
     wport, tport = free_port(), free_port()
     summary_path = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
-    env.update(settings.to_env())
-    env.update({"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    env = {**child_env(settings), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "stream.cli", "demo", "--drift", "--drift-at", str(DRIFT_AT), "--limit", str(LIMIT),
            "--max-rate", str(RATE), "--checkpoint", str(tiny_checkpoint), "--bootstrap-servers", broker,
            "--metrics-port", str(wport), "--trainer-metrics-port", str(tport), "--linger", str(LINGER),

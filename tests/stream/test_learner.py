@@ -17,6 +17,7 @@ from stream.model_store import ModelStore
 from stream.online import OnlineRecommender
 from stream.settings import Settings
 from stream.trainer import open_learner
+from tests.fakes import scrambling_fine_tune
 
 OLD = [f"i{n}" for n in range(30)]
 
@@ -96,16 +97,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_stays(tmp_path: Path
     assert learner.step().outcome == "promoted"  # a good v2 first
     live = learner.live
 
-    def scramble(model: HAIL, *args: object, **kw: object) -> dict[str, float]:
-        # "fine-tuning" that destroys the item tables: the candidate is worse on purpose
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for peer in model.networks:
-                w = peer.item_emb.weight
-                w[1:] = w[1:][torch.randperm(w.shape[0] - 1, generator=gen)]
-        return {"steps": 1.0, "loss": 9.0, "first_loss": 9.0, "last_loss": 9.0, "seconds": 0.0}
-
-    monkeypatch.setattr(learner_mod, "fine_tune", scramble)
+    monkeypatch.setattr(learner_mod, "fine_tune", scrambling_fine_tune)
     stream.feed(learner, 1500)
     out = learner.step()
     assert out is not None and out.outcome == "rejected"
