@@ -1,8 +1,8 @@
 """Worker throughput while the trainer fine-tunes, and model update latency, on the real broker.
 
 Everything runs on this machine, as deployed: the embedded broker (Tansu), one worker process
-(``python -m stream.app``, defaults: baselines on, 1 torch thread) and one trainer process
-(``python -m stream.trainer``, 1 torch thread), the model the demo serves (2-SASRec-peer HAIL preset:
+(``python -m stream.worker.app``, defaults: baselines on, 1 torch thread) and one trainer process
+(``python -m stream.trainer.process``, 1 torch thread), the model the demo serves (2-SASRec-peer HAIL preset:
 hidden 64, 2 layers, max_len 50) over the Foursquare NYC T0 vocabulary (weights untrained: neither
 measure depends on them; the gate tolerance is 1.0 so that every candidate is promoted).
 
@@ -44,16 +44,16 @@ from models.data import load_dataset
 from models.hail import HAIL
 from models.presets import preset
 from models.vocab import ItemVocab
-from stream.app import changelog_topic
-from stream.broker import EmbeddedBroker
-from stream.control import CONTROL_KEY, trigger_message
-from stream.demo import split_stream
-from stream.procs import spawn_python, stop_process
+from stream.cli.demo import split_stream
+from stream.cli.procs import spawn_python, stop_process
+from stream.cli.replay import generate_load, make_producer
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
+from stream.messages import CONTROL_KEY, trigger_message
 from stream.records import Prediction
-from stream.replay import generate_load, make_producer
 from stream.settings import Settings
-from stream.topics import ensure_topics
-from stream.worker import read_stats
+from stream.worker.app import changelog_topic
+from stream.worker.batch import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="fine-tune steps of the latency runs (default: TrainerConfig)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lifecycle_latency.json"))
     args = ap.parse_args(argv)
-    from stream.trainer_config import TrainerConfig
+    from stream.trainer.config import TrainerConfig
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="hailstream-lifecycle-bench-"))
@@ -205,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
         wstats, tstats = tmp / "worker.json", tmp / "trainer.json"
         try:
-            worker = _spawn(["-m", "stream.app", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
+            worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
                             tmp / "worker.log")
             # 1. throughput: a trainer with no automatic trigger and a fine-tune that outlasts the measurement
-            trainer = _spawn(["-m", "stream.trainer", "--checkpoint", str(initial), "--stats-file", str(tstats),
+            trainer = _spawn(["-m", "stream.trainer.process", "--checkpoint", str(initial), "--stats-file", str(tstats),
                               "--every-events", "100000000", "--min-new-events", "1000", "--steps", "100000",
                               "--tolerance", "1.0", "--no-drift"], settings, tmp / "trainer-1.log")
             _wait("worker and trainer", lambda: wstats.exists() and tstats.exists(), 120)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # 2. latency with the default fine-tune budget
             steps = ["--steps", str(args.steps)] if args.steps else []
-            trainer = _spawn(["-m", "stream.trainer", "--stats-file", str(tstats), "--every-events", "100000000",
+            trainer = _spawn(["-m", "stream.trainer.process", "--stats-file", str(tstats), "--every-events", "100000000",
                               "--min-new-events", "1000", "--tolerance", "1.0", "--no-drift", *steps], settings,
                              tmp / "trainer-2.log")
             stop_flow = threading.Event()

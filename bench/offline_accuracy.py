@@ -36,7 +36,7 @@ from models.presets import preset
 from models.repeat import RepeatMixture, choose_alpha
 from models.splits import SequenceSplit, leave_last_out
 from models.trainer import TrainConfig, train
-from stream.offline import baseline_metrics
+from stream.cli.offline import baseline_metrics
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
 REPEAT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)

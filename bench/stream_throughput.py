@@ -5,7 +5,7 @@ In ONE run on the same embedded broker (Tansu) and the same backlog of Foursquar
 
 (a) a Faust agent that only iterates the events (the ceiling),
 (b) a Faust agent that sends one message per event (the naive pipeline),
-(c) the hailstream worker (``python -m stream.app``) serving a 2-peer SASRec HAIL (hidden 64,
+(c) the hailstream worker (``python -m stream.worker.app``) serving a 2-peer SASRec HAIL (hidden 64,
     2 layers, max_len 50, full ranking over the whole NYC vocabulary; weights untrained: the cost
     does not depend on them), with its defaults and with the flag combinations in ``--configs``.
 
@@ -165,11 +165,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.data import load_dataset
     from models.hail import HAIL, HailConfig
     from models.vocab import ItemVocab
-    from stream.app import changelog_topic
-    from stream.broker import EmbeddedBroker
-    from stream.replay import replay
+    from stream.cli.replay import replay
+    from stream.kafka.broker import EmbeddedBroker
+    from stream.kafka.topics import ensure_topics
     from stream.settings import Settings
-    from stream.topics import ensure_topics
+    from stream.worker.app import changelog_topic
 
     tmp = Path(tempfile.mkdtemp(prefix="hs-throughput-"))
     events = load_dataset("foursquare-nyc")
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = n if paced_rate is None else args.latency_events
             with logf.open("w") as lf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "stream.app", "--checkpoint", str(ckpt), "--stats", str(stats_path), *flags.split()],
+                    [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(ckpt), "--stats", str(stats_path), *flags.split()],
                     env=env, stdout=lf, stderr=subprocess.STDOUT, cwd=tmp,
                 )
                 try:

@@ -5,9 +5,9 @@ Amazon Beauty: the chronological first half): the models are pre-trained on it (
 early stopping on a leave-last-out validation split of that part), and every online component has
 seen it (user sequences, baselines' counts, the trainer's window). The rest (T1..T5 / the second
 half) is then replayed in time order through the worker's own per-batch code
-(:func:`stream.worker.process_batch`: micro-batches, one forward pass each, prequential scoring of
+(:func:`stream.worker.batch.process_batch`: micro-batches, one forward pass each, prequential scoring of
 each event against the top-10 published after the same user's previous event) and, for the
-fine-tuned rows, the trainer's own :class:`stream.learner.Learner` (window + reservoir, bounded
+fine-tuned rows, the trainer's own :class:`stream.trainer.learner.Learner` (window + reservoir, bounded
 vocabulary with growth for new items, fine-tune every N events, validation gate on the newest
 held-out slice, promote or reject), whose promoted versions are swapped into the recommender.
 
@@ -54,12 +54,12 @@ from models.presets import preset
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from models.vocab import ItemVocab
-from stream.demo import split_stream
-from stream.learner import Learner, TrainerConfig
-from stream.online import OnlineBaselines, OnlineRecommender
-from stream.prequential import Prequential
+from stream.cli.demo import split_stream
 from stream.settings import Settings
-from stream.worker import MODEL_SCORER, Source, new_prequential, process_batch
+from stream.trainer.learner import Learner, TrainerConfig
+from stream.worker.batch import MODEL_SCORER, Source, new_prequential, process_batch
+from stream.worker.prequential import Prequential
+from stream.worker.recommender import OnlineBaselines, OnlineRecommender
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("foursquare-nyc", "amazon-beauty")

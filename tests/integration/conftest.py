@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from stream.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import delete_topics, ensure_topics
 from stream.settings import Settings
-from stream.topics import delete_topics, ensure_topics
 
 
 @pytest.fixture(scope="session")

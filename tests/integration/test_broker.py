@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port, wait_for_broker
 from stream.errors import BrokerError
+from stream.kafka.broker import EmbeddedBroker, free_port, wait_for_broker
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_explicit_port_in_use_is_refused(broker: str, tmp_path: Path) -> None:
 
 def test_run_broker_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    code = f"from stream.broker import run_broker; raise SystemExit(run_broker(port={port}, log_dir={str(tmp_path)!r}))"
+    code = f"from stream.kafka.broker import run_broker; raise SystemExit(run_broker(port={port}, log_dir={str(tmp_path)!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -99,7 +99,7 @@ def test_run_broker_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_broker_dies_with_a_killed_owner(tmp_path: Path) -> None:
     code = (
-        "import time; from stream.broker import EmbeddedBroker; "
+        "import time; from stream.kafka.broker import EmbeddedBroker; "
         f"b = EmbeddedBroker(log_dir={str(tmp_path)!r}).start(); print(b.pid, flush=True); time.sleep(60)"
     )
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """The incremental learning lifecycle on a real broker (issue 3), and the worker's /metrics (issue 4).
 
-- A worker (``python -m stream.app``) and a trainer (``python -m stream.trainer``) run as processes
+- A worker (``python -m stream.worker.app``) and a trainer (``python -m stream.trainer.process``) run as processes
   on the session broker while Foursquare events are replayed: the trainer fine-tunes, promotes and
   announces versions; the worker hot-swaps them, and model_version increases in the predictions.
   Both /metrics endpoints expose the declared metrics. A restarted worker serves the store's
@@ -9,7 +9,7 @@
   by a drift message on the model-updates topic: every candidate is rejected, nothing is
   announced, and the worker keeps serving the initial version.
 
-Killing a writer mid-checkpoint is covered in tests/stream/test_model_store.py.
+Killing a writer mid-checkpoint is covered in tests/stream/trainer/test_model_store.py.
 """
 
 from __future__ import annotations
@@ -25,22 +25,22 @@ from typing import Any
 import pytest
 import torch
 
-import stream.learner as learner_mod
+import stream.trainer.learner as learner_mod
 from models.checkpoint import save_checkpoint
 from models.data import load_dataset
 from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.control import CONTROL_KEY, drift_message, parse_control
-from stream.learner import TrainerConfig
-from stream.metrics import Metrics, declared_families, version_number
-from stream.model_store import ModelStore
-from stream.procs import spawn_python, stop_process
+from stream.cli.procs import spawn_python, stop_process
+from stream.cli.replay import make_producer, replay
+from stream.messages import CONTROL_KEY, drift_message, parse_control
+from stream.observe.metrics import Metrics, declared_families, version_number
 from stream.records import Prediction
-from stream.replay import make_producer, replay
 from stream.settings import Settings
-from stream.trainer import TrainerRuntime, open_learner
-from stream.worker import read_stats
+from stream.trainer.learner import TrainerConfig
+from stream.trainer.model_store import ModelStore
+from stream.trainer.process import TrainerRuntime, open_learner
+from stream.worker.batch import read_stats
 from tests.fakes import scrambling_fine_tune
 from tests.integration.conftest import read_topic
 
@@ -117,8 +117,8 @@ def _declared_exposed(samples: dict[str, float]) -> list[str]:
 
 @pytest.fixture
 def lifecycle_settings(settings_factory: Callable[..., Settings], tmp_path: Path) -> Settings:
-    from stream.app import changelog_topic
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
+    from stream.worker.app import changelog_topic
 
     s = settings_factory(model_dir=tmp_path / "models", metrics_port=0, trainer_metrics_port=0)
     ensure_topics(s, {changelog_topic(s): s.partitions})
@@ -131,11 +131,11 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
     settings = lifecycle_settings
     wstats, tstats = tmp_path / "worker.json", tmp_path / "trainer.json"
     wlog, tlog = tmp_path / "worker.log", tmp_path / "trainer.log"
-    trainer = _spawn(["-m", "stream.trainer", "--checkpoint", str(initial), "--stats-file", str(tstats),
+    trainer = _spawn(["-m", "stream.trainer.process", "--checkpoint", str(initial), "--stats-file", str(tstats),
                       "--every-events", "600", "--min-new-events", "300", "--window", "1500", "--holdout", "150",
                       "--reservoir", "200", "--steps", "8", "--batch-size", "32", "--tolerance", "1.0"],
                      settings, tlog)
-    worker = _spawn(["-m", "stream.app", "--checkpoint", str(initial), "--stats", str(wstats),
+    worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats),
                      "--baseline-sample-every", "5"], settings, wlog)
     procs = [(trainer, tlog), (worker, wlog)]
     worker2: subprocess.Popen[bytes] | None = None
@@ -196,7 +196,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         latest = ModelStore(settings.model_dir).latest_promoted()
         assert latest is not None and latest.label == live
         wstats.unlink()
-        worker2 = _spawn(["-m", "stream.app", "--checkpoint", str(initial), "--stats", str(wstats),
+        worker2 = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats),
                           "--no-baselines"], settings, wlog)
         procs = [(worker2, wlog)]
         _wait("the restarted worker", wstats.exists, procs)
@@ -225,7 +225,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
     wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"
-    worker = _spawn(["-m", "stream.app", "--checkpoint", str(initial), "--stats", str(wstats), "--no-baselines"],
+    worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats), "--no-baselines"],
                     settings, wlog)
     procs = [(worker, wlog)]
     thread.start()

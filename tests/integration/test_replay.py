@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from models.data import load_dataset
+from stream.cli.replay import block_rows, generate_load, replay, run_replay
 from stream.records import parse_interaction
-from stream.replay import block_rows, generate_load, replay, run_replay
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""``python -m stream.app --timeline``: a real worker on the embedded broker records its timeline,
+"""``python -m stream.worker.app --timeline``: a real worker on the embedded broker records its timeline,
 and ``hailstream report`` draws it. One short run (a tiny untrained model, 300 events)."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from models.checkpoint import save_checkpoint
 from models.data import load_dataset
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
-from stream.app import changelog_topic
-from stream.cli import main as cli_main
-from stream.procs import child_env
-from stream.replay import replay
+from stream.cli.main import main as cli_main
+from stream.cli.procs import child_env
+from stream.cli.replay import replay
+from stream.kafka.topics import ensure_topics
+from stream.observe.timeline import read_timeline
 from stream.settings import Settings
-from stream.timeline import read_timeline
-from stream.topics import ensure_topics
-from stream.worker import MODEL_SCORER, read_stats
+from stream.worker.app import changelog_topic
+from stream.worker.batch import MODEL_SCORER, read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_worker_with_timeline_flag_records_points_and_report_draws_them(
     env = {**child_env(settings.replace(log_level="WARNING")), "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.app", "--checkpoint", str(checkpoint), "--stats", str(stats),
+            [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(checkpoint), "--stats", str(stats),
              "--timeline", str(run / "timeline.jsonl"), "--timeline-every", str(EVERY)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

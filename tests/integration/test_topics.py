@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from stream.errors import SettingsError
+from stream.kafka.topics import admin_client, delete_topics, ensure_topics, partition_counts, run_topics
 from stream.settings import Settings
-from stream.topics import admin_client, delete_topics, ensure_topics, partition_counts, run_topics
 
 pytestmark = pytest.mark.integration
 

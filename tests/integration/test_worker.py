@@ -1,7 +1,7 @@
 """The Faust worker against the embedded broker: a clean run over a few thousand Foursquare events
 with malformed messages mixed in, then a graceful restart.
 
-One worker run (a ``python -m stream.app`` subprocess, always stopped) is shared by the module;
+One worker run (a ``python -m stream.worker.app`` subprocess, always stopped) is shared by the module;
 every test checks one contract on what it produced.
 """
 
@@ -29,13 +29,13 @@ from models.hail import HailConfig
 from models.metrics import topk_metrics
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.app import changelog_topic
-from stream.procs import child_env
+from stream.cli.procs import child_env
+from stream.cli.replay import make_producer, replay
+from stream.kafka.topics import delete_topics, ensure_topics
 from stream.records import Prediction
-from stream.replay import make_producer, replay
 from stream.settings import Settings
-from stream.topics import delete_topics, ensure_topics
-from stream.worker import MODEL_SCORER, read_stats, replay_states
+from stream.worker.app import changelog_topic
+from stream.worker.batch import MODEL_SCORER, read_stats, replay_states
 from tests.integration.conftest import read_topic
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,7 @@ def _is_loopback(hex_addr: str) -> bool:
 def _start_worker(settings: Settings, checkpoint: Path, stats: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "stream.app", "--checkpoint", str(checkpoint), "--stats", str(stats)],
+            [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(checkpoint), "--stats", str(stats)],
             cwd=ROOT, env=_env(settings), stdout=out, stderr=subprocess.STDOUT,
         )
 

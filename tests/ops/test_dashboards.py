@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.drift import Detection, DriftMonitor, InputDrift
-from stream.metrics import (
+from stream.observe.drift import Detection, DriftMonitor, InputDrift
+from stream.observe.metrics import (
     DRIFT_DETECTORS,
     Metrics,
     count_trigger,
@@ -28,7 +28,7 @@ from stream.metrics import (
     serve_metrics,
     set_model,
 )
-from stream.prequential import Prequential
+from stream.worker.prequential import Prequential
 from tests.ops.prom_helpers import (
     DASHBOARDS,
     MISSING_PROMETHEUS,
@@ -78,7 +78,7 @@ def test_every_query_uses_declared_metric_names(path: Path) -> None:
         names = metric_names(expr)
         assert names, f"{where}: no metric name found in {expr!r}"
         undeclared = names - declared
-        assert not undeclared, f"{where} uses undeclared metrics {undeclared}: declare them in stream/metrics.py"
+        assert not undeclared, f"{where} uses undeclared metrics {undeclared}: declare them in stream/observe/metrics.py"
 
 
 def test_metric_name_check_can_fail() -> None:

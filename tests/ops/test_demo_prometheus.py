@@ -1,5 +1,5 @@
 """A real demo scraped by a real Prometheus: every panel and annotation query of every Grafana
-dashboard returns data, and every metric name they use is declared in stream/metrics.py.
+dashboard returns data, and every metric name they use is declared in stream/observe/metrics.py.
 
 The test starts the session broker (fixture) and Debian's Prometheus on 127.0.0.1 scraping the
 demo's worker and trainer every second (job names as in ops/prometheus/prometheus.yml, which the
@@ -28,11 +28,11 @@ from models.data import load_dataset
 from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.metrics import Metrics, declared_metric_names
-from stream.procs import child_env
-from stream.replay import make_producer
-from stream.timeline import TIMELINE_FILE, read_timeline
-from stream.topics import delete_topics
+from stream.cli.procs import child_env
+from stream.cli.replay import make_producer
+from stream.kafka.topics import delete_topics
+from stream.observe.metrics import Metrics, declared_metric_names
+from stream.observe.timeline import TIMELINE_FILE, read_timeline
 from tests.ops.prom_helpers import (
     DASHBOARDS,
     MISSING_PROMETHEUS,
@@ -149,6 +149,6 @@ def test_every_dashboard_query_returns_data_from_a_real_demo(
                 unseen |= {n for n in names if not prom.query_range(f'count({{__name__="{n}"}})', start, end, 1)}
                 if not prom.query_range(grafana_expr(expr, rate_interval=RATE_INTERVAL, range_=span), start, end, 1):
                     empty.append(f"{where}: {expr}")
-        assert not undeclared, f"dashboards use metrics not declared in stream/metrics.py: {undeclared}"
+        assert not undeclared, f"dashboards use metrics not declared in stream/observe/metrics.py: {undeclared}"
         assert not unseen, f"declared metrics the dashboards use but the demo never exported: {sorted(unseen)}"
         assert not empty, "queries without data in a real demo run:\n" + "\n".join(empty)

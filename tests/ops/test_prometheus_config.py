@@ -1,5 +1,5 @@
 """ops/prometheus: promtool accepts the config and the rules, the alert unit tests pass, and every
-metric the rules read is declared in stream/metrics.py."""
+metric the rules read is declared in stream/observe/metrics.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.metrics import Metrics, declared_metric_names
+from stream.observe.metrics import Metrics, declared_metric_names
 from tests.ops.prom_helpers import MISSING_PROMETHEUS, OPS, PROMTOOL, ROOT, have, metric_names
 
 PROM_DIR = OPS / "prometheus"
@@ -71,7 +71,7 @@ def test_rules_use_only_declared_metrics() -> None:
         assert names, f"{rule['alert']}: no metric found in {rule['expr']!r}"
         used |= names
         undeclared = names - declared
-        assert not undeclared, f"{rule['alert']} reads undeclared metrics {undeclared}: declare them in stream/metrics.py"
+        assert not undeclared, f"{rule['alert']} reads undeclared metrics {undeclared}: declare them in stream/observe/metrics.py"
     assert any(n.startswith("hailstream_finetune") for n in used)
 
 

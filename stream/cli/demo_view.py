@@ -1,0 +1,244 @@
+"""What ``hailstream demo`` shows: the live line, the lifecycle news as it happens (drift
+detections, fine-tunes, hot swaps), the final summary and, with ``--drift``, the drift report.
+
+Everything is read from files the processes write: the worker's and the trainer's stats files
+(rewritten every second) and the worker's timeline (:mod:`stream.observe.timeline`, exact event counts for
+drift detections and version changes). Pure functions of those dicts, so they are tested without
+running anything.
+
+>>> view = RunView()
+>>> view.update({"live_model_version": "1", "events": 10}, {"fine_tunes": 0, "history": []})
+[]
+>>> view.update({"live_model_version": "v2", "events": 900},
+...             {"fine_tunes": 1, "history": [{"reason": "drift", "outcome": "promoted", "version": "v2",
+...              "seconds": 12.5, "candidate": {"ndcg@10": 0.2}, "live": {"ndcg@10": 0.1}}]})
+['fine-tune 1 (drift): promoted v2 in 12 s (gate NDCG@10 0.2000 vs live 0.1000)', 'worker: now serving v2 (at event 900)']
+>>> view.versions
+['1', 'v2']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.worker.batch import MODEL_SCORER
+
+HR = "hr@10"
+
+
+class RunView:
+    """Follows the stats files once a second: which versions the worker served, and the news
+    since the last call (:meth:`update` returns it as printable lines)."""
+
+    def __init__(self) -> None:
+        self.versions: list[str] = []
+        self.finetunes_seen = 0
+        self.detections_seen: set[tuple[str, int]] = set()
+        self.urls: dict[str, str] = {}
+
+    def update(self, worker: dict[str, Any], trainer: dict[str, Any] | None) -> list[str]:
+        news: list[str] = []
+        for name, stats in (("worker", worker), ("trainer", trainer or {})):
+            url = stats.get("metrics_url")
+            if url and name not in self.urls:
+                self.urls[name] = url
+                news.append(f"{name}: metrics on {url}")
+        drift = worker.get("drift") or {}
+        for d in drift.get("detections", []):
+            key = (str(d.get("detector")), int(d.get("at_event", 0)))
+            if key not in self.detections_seen:
+                self.detections_seen.add(key)
+                news.append(f"drift: {d.get('detector')} detector fired (worker at event ~{worker.get('events', 0):,}; "
+                            f"{d.get('value', 0):.4f} vs baseline {d.get('baseline', 0):.4f})")
+        if trainer:
+            total = int(trainer.get("fine_tunes", 0))
+            history = trainer.get("history", [])
+            new = history[len(history) - min(len(history), total - self.finetunes_seen):] if total > self.finetunes_seen else []
+            for i, h in enumerate(new, start=self.finetunes_seen + 1):
+                news.append(finetune_line(i, h))
+            self.finetunes_seen = max(self.finetunes_seen, total)
+        version = worker.get("live_model_version") or worker.get("model_version")
+        if version and (not self.versions or self.versions[-1] != str(version)):
+            if self.versions:
+                news.append(f"worker: now serving {version} (at event {worker.get('events', 0):,})")
+            if str(version) not in self.versions:
+                self.versions.append(str(version))
+        return news
+
+
+def finetune_line(n: int, h: dict[str, Any]) -> str:
+    """One line for a finished fine-tune (an entry of the trainer's stats ``history``)."""
+    cand, live = h.get("candidate") or {}, h.get("live") or {}
+    gate = ""
+    if "ndcg@10" in cand and "ndcg@10" in live:
+        gate = f" (gate NDCG@10 {cand['ndcg@10']:.4f} vs live {live['ndcg@10']:.4f})"
+    error = f": {h['error']}" if h.get("error") else ""
+    return (f"fine-tune {n} ({h.get('reason')}): {h.get('outcome')} {h.get('version') or ''}".rstrip()
+            + f" in {h.get('seconds', 0):.0f} s{gate}{error}")
+
+
+def _scorer(stats: dict[str, Any], name: str, key: str) -> float:
+    return float(stats.get("prequential", {}).get(name, {}).get(key) or 0.0)
+
+
+def best_baseline(stats: dict[str, Any], key: str = f"window_{HR}") -> tuple[str, float]:
+    """The baseline with the highest ``key`` (("-", 0.0) when there is none)."""
+    scores = [(name, float(p.get(key) or 0.0)) for name, p in stats.get("prequential", {}).items()
+              if name != MODEL_SCORER]
+    return max(scores, key=lambda s: s[1], default=("-", 0.0))
+
+
+def live_line(worker: dict[str, Any], trainer: dict[str, Any] | None, target: int, rate: float) -> str:
+    """The console's one-line view: progress, windowed HR@10 (model vs best baseline), versions,
+    drift and fine-tunes."""
+    base, base_hr = best_baseline(worker)
+    line = (f"events {worker.get('events', 0):>7,}/{target:<7,} {rate:6.0f}/s | HR@10 (last 1000) HAIL "
+            f"{_scorer(worker, MODEL_SCORER, f'window_{HR}'):.3f} {base} {base_hr:.3f} | dead letters "
+            f"{worker.get('dead_letters', 0)} | model {worker.get('live_model_version') or worker.get('model_version', '?')}"
+            f" | drift {len((worker.get('drift') or {}).get('detections', []))}")
+    if trainer:
+        out = trainer.get("outcomes", {})
+        line += (f" | fine-tunes {trainer.get('fine_tunes', 0)} ({out.get('promoted', 0)} promoted, "
+                 f"{out.get('rejected', 0)} rejected){' [fine-tuning]' if trainer.get('running') else ''}")
+    return line
+
+
+def drift_count(worker: dict[str, Any], timeline: list[dict[str, Any]]) -> int:
+    """Drift detections of the run: the timeline's drift records (every one), else the worker's
+    published drift messages."""
+    from_timeline = sum(1 for r in timeline if r.get("kind") == "drift")
+    drift = worker.get("drift") or {}
+    return max(from_timeline, int(drift.get("published", 0)), len(drift.get("detections", [])))
+
+
+def versions_served(view_versions: list[str], timeline: list[dict[str, Any]]) -> list[str]:
+    """Every version the worker served, in order: the timeline's version changes (exact) merged
+    with what the stats files showed."""
+    out: list[str] = []
+    for r in timeline:
+        if r.get("kind") == "point" and r.get("version") is not None:
+            names = [str(r["version"])]
+        elif r.get("kind") == "version":
+            names = [str(r.get("old")), str(r.get("new"))]
+        else:
+            continue
+        out += [n for n in names if n not in out and n != "None"]
+    return out + [v for v in view_versions if v not in out]
+
+
+def _hr_at(points: list[dict[str, Any]], scorer: str = MODEL_SCORER) -> float | None:
+    if not points:
+        return None
+    value = points[-1].get("window", {}).get(scorer, {}).get(HR)
+    return None if value is None else float(value)
+
+
+def drift_report(drift_at: int, timeline: list[dict[str, Any]], trainer: dict[str, Any] | None) -> dict[str, Any]:
+    """What happened around the shift at replayed event ``drift_at``, from the worker's timeline
+    (event counts are the worker's, which processes the replay in order): the first detection
+    after it and its delay in events, the first fine-tune the drift triggered (from the trainer's
+    stats), the first hot swap after it, and the windowed HR@10 (last 1000 scored events) of the
+    model and of the user-frequency baseline before the shift, at its lowest after it, at the swap
+    and at the end."""
+    points = [r for r in timeline if r.get("kind") == "point"]
+    drifts = [r for r in timeline if r.get("kind") == "drift" and int(r.get("events", 0)) > drift_at]
+    swaps = [r for r in timeline if r.get("kind") == "version" and int(r.get("events", 0)) >= drift_at]
+    first = drifts[0] if drifts else None
+    # the first fine-tune a detection after the shift asked for (the trainer notes when it was asked)
+    since = float(first.get("t", 0.0)) - 1.0 if first else float("inf")
+    finetune = next((h for h in (trainer or {}).get("history", [])
+                     if h.get("reason") == "drift" and float(h.get("requested_at") or 0.0) >= since), None)
+    # the swap to the drift-triggered version when it was promoted, else the first one after the shift
+    target = finetune.get("version") if finetune and finetune.get("outcome") == "promoted" else None
+    swap = next((r for r in swaps if target is None or r.get("new") == target), None)
+    before = [p for p in points if int(p["events"]) <= drift_at]
+    after = [p for p in points if int(p["events"]) > drift_at]
+    at_swap = [p for p in points if swap is not None and int(p["events"]) <= int(swap["events"])]
+    lowest = min(after, key=lambda p: p.get("window", {}).get(MODEL_SCORER, {}).get(HR, 1.0), default=None)
+
+    def hr(ps: list[dict[str, Any]], scorer: str = MODEL_SCORER) -> float | None:
+        return _hr_at(ps, scorer)
+
+    return {
+        "at": drift_at,
+        "detections_after": len(drifts),
+        "first_detection": None if first is None else {
+            "detector": first.get("detector"), "events": first.get("events"),
+            "delay_events": int(first["events"]) - drift_at,
+        },
+        "finetune": None if finetune is None else {
+            "outcome": finetune.get("outcome"), "version": finetune.get("version"),
+            "seconds": finetune.get("seconds"), "candidate": finetune.get("candidate"), "live": finetune.get("live"),
+        },
+        "swap": None if swap is None else {
+            "version": swap.get("new"), "events": swap.get("events"), "after_drift_events": int(swap["events"]) - drift_at,
+        },
+        "window_hr@10": {
+            "model": {"before": hr(before), "lowest_after": hr([lowest] if lowest else []),
+                      "at_swap": hr(at_swap) if swap else None, "end": hr(points)},
+            "user-frequency": {"before": hr(before, "user-frequency"), "end": hr(points, "user-frequency")},
+        },
+    }
+
+
+def summarize(worker: dict[str, Any], trainer: dict[str, Any] | None, versions: list[str],
+              timeline: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """The demo's final summary: counts, prequential metrics per scorer, the lifecycle (fine-tunes
+    by outcome, versions served, drift detections), timings; ``extra`` is merged in."""
+    scorers = {
+        name: {key: p.get(key) for key in ("hr@10", "ndcg@10", "mrr@10", "n", "cold", "window_hr@10")}
+        for name, p in worker.get("prequential", {}).items()
+    }
+    outcomes = (trainer or {}).get("outcomes", {})
+    return {
+        "events": worker.get("events", 0),
+        "predictions": worker.get("predictions", 0),
+        "dead_letters": worker.get("dead_letters", 0),
+        "dead_letter_reasons": worker.get("dead_letter_reasons", {}),
+        "prequential": scorers,
+        "model_versions_served": versions_served(versions, timeline),
+        "swaps": worker.get("swaps", 0),
+        "drift_detections": drift_count(worker, timeline),
+        "finetunes": int((trainer or {}).get("fine_tunes", 0)),
+        "promotions": int(outcomes.get("promoted", 0)),
+        "rejections": int(outcomes.get("rejected", 0)),
+        "failed_finetunes": int(outcomes.get("failed", 0)),
+        "finetune_seconds": [h.get("seconds") for h in (trainer or {}).get("history", [])],
+        "latency_s": worker.get("latency_s"),
+        **extra,
+    }
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as the console shows it at the end."""
+    lines = [f"events {summary['events']:,}  predictions {summary['predictions']:,}  "
+             f"dead letters {summary['dead_letters']:,}  wall {summary['wall_seconds']:.1f} s  "
+             f"first prediction after {summary.get('first_prediction_s') or float('nan'):.1f} s",
+             f"{'scorer':<16}{'HR@10':>8}{'NDCG@10':>9}{'MRR@10':>8}{'scored':>9}"]
+    for name, m in summary["prequential"].items():
+        lines.append(f"{name:<16}{m['hr@10'] or 0:>8.4f}{m['ndcg@10'] or 0:>9.4f}{m['mrr@10'] or 0:>8.4f}"
+                     f"{m['n'] or 0:>9,}")
+    lines.append(f"model versions served: {', '.join(summary['model_versions_served']) or '-'}")
+    if summary.get("trainer", True):
+        lines.append(f"fine-tunes {summary['finetunes']} (promoted {summary['promotions']}, rejected "
+                     f"{summary['rejections']}, failed {summary['failed_finetunes']}), hot swaps "
+                     f"{summary.get('swaps', 0)}, drift detections {summary['drift_detections']}")
+    report = summary.get("drift")
+    if report:
+        first, ft, swap = report["first_detection"], report["finetune"], report["swap"]
+        hr = report["window_hr@10"]["model"]
+        lines.append(f"drift injected at event {report['at']:,}: "
+                     + (f"detected by {first['detector']} {first['delay_events']:,} events later" if first
+                        else "not detected"))
+        if ft:
+            lines.append(f"  drift-triggered fine-tune: {ft['outcome']} {ft.get('version') or ''} in "
+                         f"{_num(ft.get('seconds'), '.1f')} s")
+        if swap:
+            lines.append(f"  hot swap to {swap['version']} {swap['after_drift_events']:,} events after the shift")
+        lines.append(f"  HAIL HR@10 (last 1000): before {_num(hr['before'])}, lowest after {_num(hr['lowest_after'])}"
+                     f", at the swap {_num(hr['at_swap'])}, end {_num(hr['end'])}")
+    return "\n".join(lines)

@@ -1,0 +1,274 @@
+"""The ``hailstream`` command line. Thin: parse flags, build Settings, call one function per command.
+
+Errors of the project (``ModelsError``, ``StreamError``) end the command with exit status 2 and one line
+that says what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.errors import ModelsError
+from models.presets import MODELS
+from stream.errors import StreamError
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from stream.settings import Settings
+
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "bootstrap_servers", None):
+        overrides["bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    return Settings.from_env(**overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stream.cli.offline import print_table, train_command
+
+    model_overrides = {
+        k: v
+        for k, v in {
+            "hidden": args.hidden, "layers": args.layers, "dropout": args.dropout, "max_len": args.max_len,
+            "med_weight": args.med_weight, "med_topk": args.med_topk, "med_form": args.med_form,
+            "med_aggregate": args.med_aggregate, "med_warmup_epochs": args.med_warmup, "seed": args.seed,
+            "encoders": tuple(args.encoders.split(",")) if args.encoders else None,
+        }.items()
+        if v is not None
+    }
+    train_overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
+            "threads": args.threads, "seed": args.seed, "progress": not args.quiet,
+        }.items()
+        if v is not None
+    }
+    metrics = train_command(
+        args.dataset, Path(args.out), args.model, args.peers, args.data_dir, args.limit,
+        model_overrides, train_overrides,
+    )
+    print(f"best epoch {metrics['best_epoch']}, {metrics['seconds_per_epoch']:.1f} s/epoch; "
+          f"checkpoint {Path(args.out) / 'model.safetensors'}")
+    print_table({f"{args.model} (valid)": metrics["valid"], f"{args.model} (test)": metrics["test"]}, args.json)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stream.cli.offline import evaluate_command, print_table
+
+    rows = evaluate_command(Path(args.checkpoint), args.dataset, args.stage, args.data_dir, args.limit,
+                            args.baselines)
+    print_table(rows, args.json)
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from stream.kafka.broker import run_broker
+
+    return run_broker(port=args.port)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from stream.cli.replay import run_replay
+
+    run_replay(args.dataset, _settings(args), speed=args.speed, max_rate=args.max_rate,
+               from_block=args.from_block, limit=args.limit)
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from stream.kafka.topics import run_topics
+
+    run_topics(_settings(args), delete=args.delete)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker.app import run_worker
+
+    settings = _settings(args)
+    run_worker(settings, Path(args.checkpoint), stats_path=Path(args.stats_file) if args.stats_file else None,
+               timeline_path=Path(args.timeline) if args.timeline else None)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from stream.observe.report import report_command
+
+    print(report_command(Path(args.run), Path(args.out) if args.out else None, args.title))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shlex
+
+    from stream.cli.demo import run_demo
+
+    settings = _settings(args, metrics_port=args.metrics_port, trainer_metrics_port=args.trainer_metrics_port)
+    summary = run_demo(
+        settings,
+        dataset=args.dataset,
+        limit=args.limit,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        epochs=args.epochs,
+        max_rate=args.max_rate,
+        summary_json=Path(args.summary_json) if args.summary_json else None,
+        live=not args.quiet,
+        embedded=False if args.bootstrap_servers else None,
+        trainer=not args.no_trainer,
+        drift=args.drift or args.drift_at is not None,
+        drift_at=args.drift_at,
+        drift_seed=args.drift_seed,
+        linger=args.linger,
+        trainer_args=shlex.split(args.trainer_args or ""),
+    )
+    return 0 if summary.get("complete", False) else 1
+
+
+def _cmd_trainer(args: argparse.Namespace) -> int:
+    from stream.trainer.process import trainer_command
+
+    return trainer_command(_settings(args, model_dir=args.model_dir), args)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from stream.cli.model_admin import models_command
+
+    print(models_command(_settings(args, model_dir=args.model_dir), args.action, args.version,
+                         announce=not args.no_announce))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hailstream", description="Streaming next-item / next-POI recommendation with HAIL on Kafka.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, kafka: bool = False) -> None:
+        sp.add_argument("--data-dir", help="folder holding foursquare_nyc/ and amazon_beauty/ (default ../shared/data)")
+        if kafka:
+            sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env HAILSTREAM_BOOTSTRAP_SERVERS)")
+
+    t = sub.add_parser("train", help="train a model offline and write a checkpoint")
+    common(t)
+    t.add_argument("--dataset", required=True, help="foursquare-nyc, amazon-beauty, or a CSV/TSV/.inter path")
+    t.add_argument("--model", choices=MODELS, default="hail")
+    t.add_argument("--peers", type=int, default=2, help="K, the number of peer networks (hail/ensemble/dml)")
+    t.add_argument("--encoders", help="comma-separated encoder per peer, cycled: sasrec,gru4rec")
+    t.add_argument("--out", required=True, help="output folder for model.safetensors and metrics.json")
+    t.add_argument("--limit", type=int, help="use only the first N events (quick runs)")
+    for name, typ in [("--hidden", int), ("--layers", int), ("--dropout", float), ("--max-len", int),
+                      ("--med-weight", float), ("--med-topk", int), ("--med-warmup", int), ("--epochs", int),
+                      ("--batch-size", int), ("--lr", float), ("--patience", int), ("--threads", int),
+                      ("--seed", int)]:
+        t.add_argument(name, type=typ)
+    t.add_argument("--med-form", choices=("weighted_ce", "unlikelihood", "exclusive"))
+    t.add_argument("--med-aggregate", choices=("mean", "max"))
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print metrics as JSON")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint")
+    common(e)
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--stage", choices=("valid", "test"), default="test")
+    e.add_argument("--limit", type=int, help="the --limit the checkpoint was trained with")
+    e.add_argument("--baselines", action="store_true", help="also evaluate the baselines")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-wire broker (Tansu) until Ctrl-C")
+    b.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    b.set_defaults(func=_cmd_broker)
+
+    r = sub.add_parser("replay", help="publish a data set's events to the interactions topic in time order")
+    common(r, kafka=True)
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--speed", type=float, help="event-time speed-up factor (e.g. 3600 = an hour per second)")
+    r.add_argument("--max-rate", type=float, help="at most N events per second")
+    r.add_argument("--from-block", help="start at this block (Foursquare NYC: T1..T5)")
+    r.add_argument("--limit", type=int)
+    r.set_defaults(func=_cmd_replay)
+
+    tp = sub.add_parser("topics", help="create the topics (or --delete them) and list them")
+    common(tp, kafka=True)
+    tp.add_argument("--delete", action="store_true")
+    tp.set_defaults(func=_cmd_topics)
+
+    w = sub.add_parser("worker", help="run the Faust worker")
+    common(w, kafka=True)
+    w.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors)")
+    w.add_argument("--stats-file", help="write live counters as JSON to this file every second")
+    w.add_argument("--timeline", help="append the run's timeline (JSON lines) here, for `hailstream report`")
+    w.set_defaults(func=_cmd_worker)
+
+    tr = sub.add_parser("trainer", help="run the incremental trainer: fine-tune on the stream, gate, promote, announce")
+    common(tr, kafka=True)
+    tr.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
+    from stream.trainer.config import add_trainer_arguments
+
+    add_trainer_arguments(tr)
+    tr.set_defaults(func=_cmd_trainer)
+
+    ms = sub.add_parser("models", help="list the model store's versions, promote one, or roll back the live one")
+    common(ms, kafka=True)
+    ms.add_argument("action", choices=("list", "promote", "rollback"))
+    ms.add_argument("version", nargs="?", type=int, help="version number to promote (3 for v3)")
+    ms.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
+    ms.add_argument("--no-announce", action="store_true",
+                    help="do not tell running workers on the model-updates topic (they read the store on restart)")
+    ms.set_defaults(func=_cmd_models)
+
+    d = sub.add_parser("demo", help="one command: embedded broker + HAIL + worker + replay, live view, summary")
+    common(d, kafka=True)
+    d.add_argument("--dataset", default="foursquare-nyc", choices=("foursquare-nyc", "amazon-beauty"))
+    d.add_argument("--limit", type=int, help="replay only the first N events after the training block")
+    d.add_argument("--checkpoint", help="serve this checkpoint instead of training one")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs for the demo model")
+    d.add_argument("--max-rate", type=float, help="replay at most N events per second")
+    d.add_argument("--summary-json", help="also write the final summary as JSON here")
+    d.add_argument("--quiet", action="store_true", help="no live view")
+    d.add_argument("--no-trainer", action="store_true", help="serve the initial model only: no fine-tunes")
+    d.add_argument("--drift", action="store_true",
+                   help="rename every item (seeded permutation) from the middle of the replay on: a real shift "
+                        "the run detects, fine-tunes on and recovers from (default --limit 10000 --max-rate 100)")
+    d.add_argument("--drift-at", type=int, help="start the shift at this replayed event (implies --drift)")
+    d.add_argument("--drift-seed", type=int, default=7, help="seed of the item permutation (default 7)")
+    d.add_argument("--linger", type=float, default=0.0,
+                   help="keep the worker and trainer serving (and /metrics scrapable) SECONDS after the replay")
+    d.add_argument("--metrics-port", type=int,
+                   help="worker /metrics port on 127.0.0.1 (env HAILSTREAM_METRICS_PORT, default 9464; 0 = any free)")
+    d.add_argument("--trainer-metrics-port", type=int,
+                   help="trainer /metrics port (env HAILSTREAM_TRAINER_METRICS_PORT, default 9465; 0 = any free)")
+    d.add_argument("--trainer-args", help='extra trainer flags, e.g. "--steps 50 --tolerance 0.01" '
+                                          "(see hailstream trainer --help)")
+    d.set_defaults(func=_cmd_demo)
+
+    rp = sub.add_parser("report", help="plot a run's timeline (windowed HR@10, drift, model versions) as a PNG")
+    rp.add_argument("run", help="a run directory holding timeline.jsonl (the demo's), or a timeline file")
+    rp.add_argument("--out", help="PNG to write (default: <run dir>/report.png)")
+    rp.add_argument("--title", help="plot title (default: the run's name)")
+    rp.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ModelsError, StreamError) as e:
+        print(f"hailstream {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hailstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

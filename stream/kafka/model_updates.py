@@ -1,0 +1,136 @@
+"""A reader of the model-updates topic for long-running processes (worker, trainer).
+
+The topic is the log of what to serve: :class:`ControlListener` reads it *from the beginning*
+(kafka-python, no consumer group, every partition assigned), so that the reader learns the
+current state without trusting ``seek_to_end`` (ListOffsets under-reports the end on some brokers,
+BROKER.md). Messages older than the reader's start ("history": before the position first reached
+the fetch high watermark) and new ones ("live") are both passed to the handler, flagged, so that
+each process decides: the worker applies only the newest historical model announcement, and only
+when it is newer than what it serves; the trainer ignores historical drift signals.
+
+Runs in a daemon thread (:meth:`ControlListener.start`), stopped by :meth:`ControlListener.stop`;
+a broker outage is logged and retried, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stream.messages import parse_control
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], bool], None]
+"""``handler(message, live)``: ``live`` is False for messages from before the reader caught up."""
+
+
+class ControlListener:
+    """Reads ``settings.model_updates_topic`` from the beginning and calls ``handler`` per valid
+    control message (see :mod:`stream.messages`); once the history is read, :attr:`caught_up` is set
+    and ``on_caught_up()`` is called (from the reader's thread)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        on_caught_up: Callable[[], None] | None = None,
+        poll_ms: int = 200,
+        name: str = "model-updates",
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.on_caught_up = on_caught_up
+        self.poll_ms = poll_ms
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.messages = 0
+        self.errors = 0
+
+    def start(self) -> ControlListener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> ControlListener:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _consumer(self) -> Any:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **self.settings.kafka_python_kwargs())
+        topic = self.settings.model_updates_topic
+        deadline = time.monotonic() + 30
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.5)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            consumer.close()
+            raise RuntimeError(f"topic {topic!r} does not exist; create it (hailstream topics)")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        return consumer
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                consumer = self._consumer()
+            except Exception as e:
+                log.warning("model-updates reader cannot start (%s); retrying in %.0f s", e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            try:
+                self._loop(consumer)
+                return
+            except Exception as e:  # the broker went away: start over (history is re-read, flagged)
+                log.warning("model-updates reader failed (%s); reconnecting", e)
+                self._stop.wait(backoff)
+            finally:
+                consumer.close()
+
+    def _loop(self, consumer: Any) -> None:
+        tps = list(consumer.assignment())
+        self.caught_up.clear()  # a reconnect re-reads the history: flag it as such again
+        while not self._stop.is_set():
+            batch = consumer.poll(timeout_ms=self.poll_ms)
+            live = self.caught_up.is_set()
+            for records in batch.values():
+                for r in records:
+                    msg = parse_control(r.value)
+                    if msg is None:
+                        continue
+                    self.messages += 1
+                    try:
+                        self.handler(msg, live)
+                    except Exception:
+                        self.errors += 1
+                        log.exception("handling a model-updates message failed: %s", msg)
+            if not live and all(self._at_end(consumer, tp) for tp in tps):
+                self.caught_up.set()
+                if self.on_caught_up is not None:
+                    try:
+                        self.on_caught_up()
+                    except Exception:
+                        self.errors += 1
+                        log.exception("applying the model-updates history failed")
+
+    @staticmethod
+    def _at_end(consumer: Any, tp: Any) -> bool:
+        hw = consumer.highwater(tp)  # from fetch responses: right even where ListOffsets is not
+        return hw is not None and consumer.position(tp) >= hw

@@ -1,0 +1,427 @@
+"""The per-batch logic of the stream worker, as plain functions (no event loop, no broker).
+
+Per event (DESIGN §1): 1 validate (bad -> dead letter with a reason) 2 score the prediction
+published after the same user's previous event (prequential) 3 append the item to the user's
+sequence 4 predict the top-k with the live model 5 publish the prediction. :func:`process_batch`
+does all of it for a micro-batch, with ONE forward pass of the model, and returns what the agent
+must send and store; :mod:`stream.worker.app` only moves bytes.
+
+The user state (one table value per user, JSON) is ``{"items": [last max_seq_len item ids],
+"pred": [top-k published after the last event] or None, "off": [partition, offset]}``: ``off`` is
+the source position of the last applied event, and events at or before it are skipped, which keeps
+the sequence exact when a crash makes the broker redeliver events already applied (BROKER.md).
+
+>>> from models.hail import HAIL, HailConfig
+>>> from models.vocab import ItemVocab
+>>> from stream.settings import Settings
+>>> vocab = ItemVocab(["a", "b", "c"])
+>>> rec = OnlineRecommender(HAIL(HailConfig(hidden=8, layers=1, max_len=4, dropout=0.0), vocab.rows), vocab, "v1")
+>>> batch = [Source(b'{"user_id": "u", "item_id": "a", "ts": 1}', "in", 0, 0),
+...          Source(b'{"user_id": "u", "item_id": "b", "ts": 2}', "in", 0, 1),
+...          Source(b'not json', "in", 0, 2)]
+>>> out = process_batch(batch, lambda user: None, rec, None, new_prequential(3), Settings(top_k=3))
+>>> len(out.predictions), len(out.dead_letters), out.updates["u"].value["items"], out.stats.cold
+(2, 1, ['a', 'b'], 1)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from stream.errors import StreamError
+from stream.records import InvalidEvent, Prediction, dead_letter, parse_interaction
+from stream.settings import Settings
+from stream.worker.prequential import Prequential
+from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
+
+log = logging.getLogger(__name__)
+
+MODEL_SCORER = "hail"
+"""Name of the live model's prequential scorer (the baselines use their own names)."""
+SAMPLE_SUFFIX = "@sample"
+INTERNAL_ERROR = "internal_error"
+SCORE_DECIMALS = 6
+
+UserState = dict[str, Any]
+StateGetter = Callable[[str], "UserState | None"]
+
+
+class Source(NamedTuple):
+    """One input message as the agent got it. ``timestamp`` is the Kafka message time (unix
+    seconds), used only to measure event -> prediction latency."""
+
+    raw: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None = None
+
+
+class Update(NamedTuple):
+    """A new table value for one user, with the source partition its changelog record belongs to."""
+
+    partition: int
+    value: UserState
+
+
+@dataclass
+class BatchStats:
+    """What one batch did (added to :class:`WorkerStats` by the caller)."""
+
+    events: int = 0
+    valid: int = 0
+    predictions: int = 0
+    duplicates: int = 0
+    cold: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    #: wall seconds per phase: "prepare" (validate, sequences), "inference" (the forward pass),
+    #: "finish" (prequential, baselines, building the predictions)
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: one entry per valid event, in input order: (prequential hit@k of the prediction published
+    #: before it, or None when cold; its item id; whether the live model's vocabulary knows the
+    #: item), what the drift detectors (:class:`stream.observe.drift.DriftMonitor`) are fed with
+    per_event: list[tuple[float | None, str, bool]] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    """What the agent sends and stores for one batch.
+
+    ``predictions`` and ``dead_letters`` are (key, value) byte pairs for the predictions and
+    dead-letter topics, in input order; ``updates`` holds the last new state per user.
+    """
+
+    predictions: list[tuple[bytes, bytes]]
+    dead_letters: list[tuple[bytes | None, bytes]]
+    updates: dict[str, Update]
+    model_version: str
+    stats: BatchStats
+
+
+def new_prequential(k: int, baselines: OnlineBaselines | None = None, window: int = 1000) -> dict[str, Prequential]:
+    """One :class:`Prequential` per scorer: the model (``"hail"``), each baseline, and when the
+    baselines predict for a user sample only, the model on that same sample (``"hail@sample"``),
+    so that the comparison is made on the same events."""
+    out = {MODEL_SCORER: Prequential(k, window)}
+    if baselines is not None:
+        for name in baselines.names:
+            out[name] = Prequential(k, window)
+        if baselines.sample_every > 1:
+            out[MODEL_SCORER + SAMPLE_SUFFIX] = Prequential(k, window)
+    return out
+
+
+@dataclass
+class _Pending:
+    src: Source
+    user: str
+    item: str
+    event_id: str
+    ts: float
+    lat: float | None
+    lon: float | None
+    items: list[str]
+    prev: list[str] | None  # prediction from the table (an earlier batch) ...
+    prev_index: int | None  # ... or from an earlier event of this batch (its index in `pending`)
+    state: UserState
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _internal_error(src: Source, exc: BaseException) -> tuple[bytes | None, bytes]:
+    detail = f"{type(exc).__name__}: {exc}"
+    return None, dead_letter(src.raw, INTERNAL_ERROR, detail, src.topic, src.partition, src.offset)
+
+
+def _already_applied(state: UserState | None, src: Source) -> bool:
+    off = state.get("off") if state else None
+    return bool(off) and int(off[0]) == src.partition and src.offset <= int(off[1])  # type: ignore[index]
+
+
+def process_batch(
+    batch: Sequence[Source | tuple[bytes | None, str, int, int]],
+    get_state: StateGetter,
+    recommender: OnlineRecommender,
+    baselines: OnlineBaselines | None,
+    prequential: Mapping[str, Prequential],
+    settings: Settings,
+    now: Callable[[], float] = time.time,
+) -> BatchResult:
+    """Validate, score, update and predict a micro-batch; see the module docstring.
+
+    ``batch`` holds :class:`Source` messages or plain ``(raw, topic, partition, offset)`` tuples.
+    ``get_state(user_id)`` reads the table (None for a new user); the returned ``updates`` must be
+    written back by the caller. Within the batch the events of one user are applied in order, and
+    each prediction sees exactly the user's sequence up to its own event. Never raises for a bad
+    or failing event: it becomes a dead letter (``internal_error`` for our own failures).
+    """
+    stats = BatchStats(events=len(batch))
+    t0 = time.perf_counter()
+    dead: list[tuple[bytes | None, bytes]] = []
+    local: dict[str, UserState] = {}
+    last_index: dict[str, int] = {}
+    updates: dict[str, Update] = {}
+    pending: list[_Pending] = []
+    max_len = settings.max_seq_len
+    k = settings.top_k
+
+    # 1 + 3: validate and extend each user's sequence, in input order.
+    for item in batch:
+        src = item if isinstance(item, Source) else Source(*item)
+        try:
+            ev = parse_interaction(src.raw, settings.max_message_bytes)
+        except InvalidEvent as err:
+            stats.dead_letters[err.reason] += 1
+            dead.append((None, dead_letter(src.raw, err.reason, err.detail, src.topic, src.partition, src.offset)))
+            continue
+        try:
+            user = ev.user_id
+            state = local.get(user)
+            if state is None:
+                state = get_state(user)
+            if _already_applied(state, src):
+                stats.duplicates += 1
+                continue
+            items = list(state["items"]) if state else []
+            items.append(ev.item_id)
+            if len(items) > max_len:
+                del items[: len(items) - max_len]
+            prev_index = last_index.get(user)
+            prev = None if prev_index is not None or not state else state.get("pred")
+            new_state: UserState = {"items": items, "pred": None, "off": [src.partition, src.offset]}
+            event_id = ev.event_id if ev.event_id is not None else f"{src.topic}:{src.partition}:{src.offset}"
+            pending.append(
+                _Pending(src, user, ev.item_id, event_id, ev.ts, ev.lat, ev.lon, items, prev, prev_index, new_state)
+            )
+            local[user] = new_state
+            last_index[user] = len(pending) - 1
+        except Exception as exc:  # our bug or a corrupt table value: never kill the agent
+            log.exception("internal error on %s:%s:%s", src.topic, src.partition, src.offset)
+            stats.dead_letters[INTERNAL_ERROR] += 1
+            dead.append(_internal_error(src, exc))
+
+    # 4: one forward pass for the whole batch (per-event retry only if the batch fails).
+    t1 = time.perf_counter()
+    # For the drift detectors' unseen-item share (a duck-typed recommender may have no vocabulary).
+    live = getattr(recommender, "live", None)
+    known: Container[str] = live.vocab if live is not None else _Everything()
+    version, answers = _recommend(recommender, [p.items for p in pending], k)
+    t2 = time.perf_counter()
+
+    # 2 + 5: score against the previous prediction, learn the baselines, publish.
+    predictions: list[tuple[bytes, bytes]] = []
+    results: list[list[str] | None] = []
+    model_preq = prequential.get(MODEL_SCORER)
+    sample_preq = prequential.get(MODEL_SCORER + SAMPLE_SUFFIX)
+    for p, answer in zip(pending, answers, strict=True):
+        try:
+            prev = results[p.prev_index] if p.prev_index is not None else p.prev
+            if prev is None:
+                stats.cold += 1
+            if model_preq is not None:
+                score = model_preq.update(prev, p.item)
+                hit = None if score is None else score[0]
+            else:
+                hit = None if prev is None else float(p.item in prev[:k])
+            stats.per_event.append((hit, p.item, p.item in known))
+            if baselines is not None:
+                sampled = baselines.sampled(p.user)
+                if sampled:
+                    prev_b = baselines.previous(p.user)
+                    for name in baselines.names:
+                        scorer = prequential.get(name)
+                        if scorer is not None:
+                            scorer.update(prev_b.get(name) if prev_b else None, p.item)
+                    if sample_preq is not None:
+                        sample_preq.update(prev, p.item)
+                baselines.learn_one(p.user, p.item, p.lat, p.lon)
+                if sampled:
+                    baselines.predict_one(p.user, p.items, k)
+            if answer is None:
+                raise StreamError("the model failed on this event's sequence (see the worker log)")
+            items, scores = answer
+            produced_at = now()
+            value = Prediction(
+                p.user, p.event_id, items, [round(s, SCORE_DECIMALS) for s in scores], k, version, p.ts, produced_at
+            ).to_json()
+            predictions.append((p.user.encode(), value))
+            stats.predictions += 1
+            if p.src.timestamp is not None:
+                stats.latencies.append(produced_at - p.src.timestamp)
+            p.state["pred"] = items
+            results.append(items)
+        except Exception as exc:
+            log.exception("internal error on %s:%s:%s", p.src.topic, p.src.partition, p.src.offset)
+            stats.dead_letters[INTERNAL_ERROR] += 1
+            dead.append(_internal_error(p.src, exc))
+            # The interaction still happened: its item stays in the sequence, with no prediction.
+            results.append(None)
+        updates[p.user] = Update(p.src.partition, p.state)
+        stats.valid += 1
+    stats.seconds = {"prepare": t1 - t0, "inference": t2 - t1, "finish": time.perf_counter() - t2}
+    return BatchResult(predictions, dead, updates, version, stats)
+
+
+def _recommend(
+    recommender: OnlineRecommender, histories: list[list[str]], k: int
+) -> tuple[str, list[Ranked | None]]:
+    if not histories:
+        return recommender.version, []
+    try:
+        version, answers = recommender.recommend_batch_versioned(histories, k)
+        return version, list(answers)
+    except Exception:
+        log.exception("batched inference failed for %d events; retrying them one by one", len(histories))
+    version = recommender.version
+    out: list[Ranked | None] = []
+    for h in histories:
+        try:
+            out.append(recommender.recommend_batch([h], k)[0])
+        except Exception:
+            out.append(None)
+    return version, out
+
+
+# --- live counters ------------------------------------------------------------------------------
+
+
+class WorkerStats:
+    """Live counters of one worker process, readable in-process and written as a JSON file.
+
+    ``dead_letters`` is keyed by reason; latency percentiles cover the last ``latency_window``
+    predictions (event -> prediction, from the Kafka message time).
+    """
+
+    def __init__(self, prequential: Mapping[str, Prequential], latency_window: int = 10000) -> None:
+        self.prequential = prequential
+        self.events = 0
+        self.valid = 0
+        self.predictions = 0
+        self.duplicates = 0
+        self.cold = 0
+        self.batches = 0
+        self.dead_letters: Counter[str] = Counter()
+        self.model_version = ""
+        self.started_at = time.time()
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
+        self.first_batch_events = 0
+        self.busy: dict[str, float] = {}
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+
+    def add(self, result: BatchResult) -> None:
+        s = result.stats
+        self.events += s.events
+        self.valid += s.valid
+        self.predictions += s.predictions
+        self.duplicates += s.duplicates
+        self.cold += s.cold
+        self.dead_letters.update(s.dead_letters)
+        self._latencies.extend(s.latencies)
+        self.model_version = result.model_version
+        self.batches += 1
+        for phase, seconds in s.seconds.items():
+            self.add_busy(phase, seconds)
+        self.last_batch_at = time.time()
+        if self.first_batch_at is None:
+            self.first_batch_at, self.first_batch_events = self.last_batch_at, s.events
+
+    def count_internal_errors(self, n: int) -> None:
+        """Events dead-lettered by the agent itself (a whole batch failed outside process_batch)."""
+        self.events += n
+        self.dead_letters[INTERNAL_ERROR] += n
+
+    def add_busy(self, phase: str, seconds: float) -> None:
+        """Account time the agent spent outside :func:`process_batch` (e.g. ``"send"``)."""
+        self.busy[phase] = self.busy.get(phase, 0.0) + seconds
+
+    @property
+    def events_per_second(self) -> float | None:
+        """Throughput between the end of the first batch and the end of the last one."""
+        if self.first_batch_at is None or self.last_batch_at is None or self.last_batch_at <= self.first_batch_at:
+            return None
+        return (self.events - self.first_batch_events) / (self.last_batch_at - self.first_batch_at)
+
+    def latency(self) -> dict[str, float | None]:
+        """p50 / p99 / max event -> prediction latency in seconds (None before any prediction)."""
+        if not self._latencies:
+            return {"p50": None, "p99": None, "max": None}
+        a = np.fromiter(self._latencies, dtype=np.float64)
+        p50, p99 = np.percentile(a, [50, 99])
+        return {"p50": float(p50), "p99": float(p99), "max": float(a.max())}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: counters, model version, latency and prequential per scorer."""
+        now = time.time()
+        return {
+            "events": self.events,
+            "valid": self.valid,
+            "predictions": self.predictions,
+            "dead_letters": sum(self.dead_letters.values()),
+            "dead_letter_reasons": dict(self.dead_letters),
+            "duplicates_skipped": self.duplicates,
+            "cold": self.cold,
+            "batches": self.batches,
+            "model_version": self.model_version,
+            "uptime_s": now - self.started_at,
+            "first_batch_at": self.first_batch_at,
+            "last_batch_at": self.last_batch_at,
+            "events_per_s": self.events_per_second,
+            "busy_s": dict(self.busy),
+            "written_at": now,
+            "latency_s": self.latency(),
+            "prequential": {name: p.summary() for name, p in self.prequential.items()},
+        }
+
+
+def write_stats(path: Path | str, stats: Mapping[str, Any]) -> None:
+    """Write ``stats`` as JSON atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(stats, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_stats(path: Path | str) -> dict[str, Any]:
+    """The last stats file a worker wrote (for the demo and tests)."""
+    try:
+        return dict(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise StreamError(f"no worker stats at {path}: is the worker running with stats_path set?") from None
+
+
+def replay_states(events: Iterable[tuple[str, str]], max_len: int) -> dict[str, list[str]]:
+    """The per-user sequences a worker's table must hold after ``events`` (user, item) in order:
+    the reference for reconciliation tests and tools.
+
+    >>> replay_states([("u", "a"), ("v", "x"), ("u", "b"), ("u", "c")], max_len=2)
+    {'u': ['b', 'c'], 'v': ['x']}
+    """
+    out: dict[str, list[str]] = {}
+    for user, item in events:
+        seq = out.setdefault(user, [])
+        seq.append(item)
+        if len(seq) > max_len:
+            del seq[0]
+    return out

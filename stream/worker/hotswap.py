@@ -1,0 +1,106 @@
+"""Hot-swapping the worker's model: announced versions, and the newest promoted one at start-up.
+
+:class:`HotSwapper` handles the messages of a :class:`stream.kafka.model_updates.ControlListener` (in its
+thread, so loading a checkpoint never blocks the event loop): a ``model`` announcement is loaded
+(checksum verified, and compared with the announced sha256) and installed with
+:meth:`stream.worker.recommender.OnlineRecommender.swap`, which is atomic: a batch runs entirely with the
+version it started with, the next batch uses the new one, and every prediction carries the
+version that made it. A checkpoint that does not load is logged and skipped (the worker keeps
+serving what it has). Announcements from before the worker started are not replayed one by one:
+only the newest one is applied, and only when it is newer than the served version.
+
+:func:`newer_in_store` gives a (re)starting worker the store's live version when it is newer than
+the checkpoint it was started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import Checkpoint, load_checkpoint
+from models.errors import CheckpointError
+from stream.messages import MODEL
+from stream.observe.metrics import Metrics, set_model, version_number
+from stream.trainer.model_store import ModelStore, ModelStoreError, VersionInfo
+from stream.worker.recommender import OnlineRecommender
+
+log = logging.getLogger(__name__)
+
+
+def newer_in_store(model_dir: str | Path, current_version: str) -> tuple[VersionInfo, Checkpoint] | None:
+    """The store's live version (loaded, checksum verified) when its number is greater than
+    ``current_version``'s (see :func:`stream.observe.metrics.version_number`), else None. A missing or
+    empty directory is not an error."""
+    store = ModelStore(model_dir)
+    live = store.latest_promoted()
+    if live is None or live.version <= version_number(current_version):
+        return None
+    found = store.load_latest()
+    if found is None or found[0].version <= version_number(current_version):
+        return None
+    return found
+
+
+class HotSwapper:
+    """Applies ``model`` messages to ``recommender``; see the module docstring."""
+
+    def __init__(self, recommender: OnlineRecommender, metrics: Metrics | None = None) -> None:
+        self.recommender = recommender
+        self.metrics = metrics
+        self.swaps = 0
+        self.failures = 0
+        self.last_swap: dict[str, Any] | None = None
+        self._history: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def on_message(self, msg: dict[str, Any], live: bool) -> None:
+        """:class:`~stream.kafka.model_updates.ControlListener` handler."""
+        if msg.get("type") != MODEL:
+            return
+        if live:
+            self.apply(msg)
+        else:
+            self._history = msg
+
+    def on_caught_up(self) -> None:
+        """After the topic's history: serve its newest announcement if it is newer than ours."""
+        msg, self._history = self._history, None
+        if msg is not None and version_number(msg.get("number", msg["version"])) > version_number(
+            self.recommender.version
+        ):
+            self.apply(msg)
+
+    def apply(self, msg: dict[str, Any]) -> bool:
+        """Load the announced checkpoint and swap it in; False when skipped or failed."""
+        version = str(msg["version"])
+        with self._lock:
+            if version == self.recommender.version:
+                return False
+            started = time.perf_counter()
+            try:
+                ckpt = load_checkpoint(msg["checkpoint"])
+                if msg.get("sha256") and ckpt.sha256 != msg["sha256"]:
+                    raise CheckpointError(
+                        f"{msg['checkpoint']} is not the announced {version} (sha256 differs): it was replaced"
+                    )
+            except (CheckpointError, ModelStoreError, OSError) as e:
+                self.failures += 1
+                log.error("cannot serve announced model %s: %s; still serving %s", version, e,
+                          self.recommender.version)
+                return False
+            old = self.recommender.swap(ckpt.model, ckpt.vocab, version)
+            self.swaps += 1
+            self.last_swap = {
+                "version": version, "previous": old.version, "at": time.time(),
+                "load_seconds": time.perf_counter() - started, "announced_at": msg.get("announced_at"),
+                "reason": msg.get("reason"),
+            }
+            if self.metrics is not None:
+                set_model(self.metrics, version, len(ckpt.vocab), swapped=True)
+            log.info("hot swap: %s -> %s (%s, loaded in %.2f s)", old.version, version, msg.get("reason", "?"),
+                     self.last_swap["load_seconds"])
+            return True
