@@ -46,8 +46,9 @@ from models.presets import preset
 from models.vocab import ItemVocab
 from stream.cli.demo import split_stream
 from stream.cli.procs import spawn_python, stop_process
-from stream.cli.replay import generate_load, make_producer
+from stream.cli.replay import generate_load
 from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.clients import make_producer
 from stream.kafka.topics import ensure_topics
 from stream.messages import CONTROL_KEY, trigger_message
 from stream.records import Prediction

@@ -1,21 +1,23 @@
-"""Messages on the model-updates topic (DESIGN §5): version announcements and trainer signals.
+"""Typed records of the model-updates topic (DESIGN §5): version announcements and trainer signals,
+and the model version labels they carry.
 
 Every message is a JSON object with a ``type``; all are keyed :data:`CONTROL_KEY`, so they share
 one partition and keep their order (a rollback announced after a promotion is applied after it):
 
-- ``"model"`` — from the trainer or ``hailstream models promote|rollback``: serve this version.
-  ``version`` (label ``v<n>``), ``number``, ``checkpoint`` (absolute path in the shared model
-  directory), ``sha256``, ``parent``, ``metrics`` (validation), ``reason`` (``promoted``,
-  ``promote``, ``rollback``), ``announced_at``.
-- ``"drift"`` — from a worker: a drift detector fired (``detector``, ``at_event``, ``value``,
-  ``baseline``, ``source``); the trainer treats it as a fine-tune trigger.
-- ``"trigger"`` — from an operator or a benchmark: fine-tune now (``reason``, default ``manual``).
+- :class:`ModelAnnouncement` (``"model"``) — from the trainer or ``hailstream models
+  promote|rollback``: serve this version. ``version`` (label ``v<n>``), ``number``, ``checkpoint``
+  (absolute path in the shared model directory), ``sha256``, ``parent``, ``metrics``
+  (validation), ``reason`` (``promoted``, ``promote``, ``rollback``), ``announced_at``.
+- :class:`DriftSignal` (``"drift"``) — from a worker: a drift detector fired (``detector``,
+  ``at_event``, ``value``, ``baseline``, ``source``); the trainer treats it as a fine-tune trigger.
+- :class:`TriggerRequest` (``"trigger"``) — from an operator or a benchmark: fine-tune now
+  (``reason``, default ``manual``).
 
 Unknown types are ignored by every reader, so new message kinds can be added without breaking
 running processes.
 
 >>> msg = parse_control(drift_message("accuracy", 120, 0.1, 0.3, source="w1", now=5.0))
->>> msg["type"], msg["detector"], msg["sent_at"]
+>>> msg.type, msg.detector, msg.sent_at
 ('drift', 'accuracy', 5.0)
 >>> parse_control(b"not json") is None
 True
@@ -24,9 +26,11 @@ True
 from __future__ import annotations
 
 import json
+import re
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 CONTROL_KEY = b"hailstream-model"
 MODEL = "model"
@@ -34,9 +38,94 @@ DRIFT = "drift"
 TRIGGER = "trigger"
 TYPES = (MODEL, DRIFT, TRIGGER)
 
+_DIGITS = re.compile(r"\d+")
+
+
+def version_label(version: int) -> str:
+    """The label a version carries in checkpoints, predictions and logs: ``v<n>``.
+
+    >>> version_label(3)
+    'v3'
+    """
+    return f"v{int(version)}"
+
+
+def version_number(version: str | int | float) -> float:
+    """The number a model version string stands for: the number itself, else its last run of
+    digits (``"v12"`` -> 12, ``"ft-0007"`` -> 7), else 0 (an unversioned initial model).
+
+    >>> version_number("v12"), version_number("ft-0007"), version_number("initial"), version_number(3)
+    (12.0, 7.0, 0.0, 3.0)
+    """
+    if isinstance(version, int | float):
+        return float(version)
+    try:
+        return float(version)
+    except ValueError:
+        runs = _DIGITS.findall(version)
+        return float(runs[-1]) if runs else 0.0
+
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ModelAnnouncement:
+    """Serve ``version`` (its weights at ``checkpoint``, checksum ``sha256``)."""
+
+    type: ClassVar[str] = MODEL
+    version: str
+    number: int
+    checkpoint: str
+    sha256: str | None = None
+    parent: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = "promoted"
+    announced_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return _dump(self.to_dict())
+
+
+@dataclass(frozen=True)
+class DriftSignal:
+    """A worker's drift detection, for the trainer (``source`` names the worker)."""
+
+    type: ClassVar[str] = DRIFT
+    detector: str
+    at_event: int
+    value: float
+    baseline: float
+    source: str = ""
+    sent_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return _dump(self.to_dict())
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    """Ask the trainer for a fine-tune now."""
+
+    type: ClassVar[str] = TRIGGER
+    reason: str = "manual"
+    sent_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return _dump(self.to_dict())
+
+
+ControlMessage = ModelAnnouncement | DriftSignal | TriggerRequest
 
 
 def model_message(
@@ -50,31 +139,29 @@ def model_message(
     now: float | None = None,
 ) -> bytes:
     """Announce that ``version`` (checkpoint at ``checkpoint``) is the one to serve."""
-    return _dump({
-        "type": MODEL, "version": version, "number": int(number), "checkpoint": str(Path(checkpoint).resolve()),
-        "sha256": sha256, "parent": parent, "metrics": metrics or {}, "reason": reason,
-        "announced_at": time.time() if now is None else now,
-    })
+    return ModelAnnouncement(
+        version, int(number), str(Path(checkpoint).resolve()), sha256, parent, metrics or {}, reason,
+        time.time() if now is None else now,
+    ).to_json()
 
 
 def drift_message(
     detector: str, at_event: int, value: float, baseline: float, source: str = "", now: float | None = None
 ) -> bytes:
     """A worker's drift detection, for the trainer."""
-    return _dump({
-        "type": DRIFT, "detector": detector, "at_event": int(at_event), "value": float(value),
-        "baseline": float(baseline), "source": source, "sent_at": time.time() if now is None else now,
-    })
+    return DriftSignal(detector, int(at_event), float(value), float(baseline), source,
+                       time.time() if now is None else now).to_json()
 
 
 def trigger_message(reason: str = "manual", now: float | None = None) -> bytes:
     """Ask the trainer for a fine-tune now."""
-    return _dump({"type": TRIGGER, "reason": reason, "sent_at": time.time() if now is None else now})
+    return TriggerRequest(reason, time.time() if now is None else now).to_json()
 
 
-def parse_control(raw: bytes | None) -> dict[str, Any] | None:
-    """The message as a dict, or None when it is not a control message we understand (bad JSON,
-    not an object, unknown or missing type, a model message without version/checkpoint)."""
+def parse_control(raw: bytes | None) -> ControlMessage | None:
+    """The typed message, or None when it is not a control message we understand (bad JSON, not an
+    object, unknown or missing type, missing or mistyped fields, a model message without
+    version/checkpoint). Unknown fields are ignored (newer writers)."""
     if not raw:
         return None
     try:
@@ -83,6 +170,18 @@ def parse_control(raw: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(msg, dict) or msg.get("type") not in TYPES:
         return None
-    if msg["type"] == MODEL and not (isinstance(msg.get("version"), str) and isinstance(msg.get("checkpoint"), str)):
+    try:
+        if msg["type"] == MODEL:
+            if not (isinstance(msg.get("version"), str) and isinstance(msg.get("checkpoint"), str)):
+                return None
+            return ModelAnnouncement(
+                msg["version"], int(msg.get("number") or version_number(msg["version"])), msg["checkpoint"],
+                msg.get("sha256"), msg.get("parent"), dict(msg.get("metrics") or {}), str(msg.get("reason") or ""),
+                msg.get("announced_at"),
+            )
+        if msg["type"] == DRIFT:
+            return DriftSignal(str(msg.get("detector")), int(msg.get("at_event") or 0), float(msg.get("value") or 0.0),
+                               float(msg.get("baseline") or 0.0), str(msg.get("source") or ""), msg.get("sent_at"))
+        return TriggerRequest(str(msg.get("reason") or "manual"), msg.get("sent_at"))
+    except (TypeError, ValueError):
         return None
-    return msg

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 
+from stream.messages import version_label
 from stream.settings import Settings
-from stream.trainer.model_store import ModelStore, ModelStoreError, VersionInfo, version_label
+from stream.trainer.model_store import ModelStore, ModelStoreError, VersionInfo
 
 
 def format_versions(versions: list[VersionInfo], live: VersionInfo | None) -> str:
@@ -32,7 +33,7 @@ def format_versions(versions: list[VersionInfo], live: VersionInfo | None) -> st
 
 def announce_version(settings: Settings, store: ModelStore, info: VersionInfo, reason: str) -> None:
     """Publish a model message for ``info`` on the model-updates topic (workers swap to it)."""
-    from stream.cli.replay import make_producer
+    from stream.kafka.clients import make_producer
     from stream.messages import CONTROL_KEY, model_message
 
     value = model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,

@@ -23,39 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka.partitioner.abc import Partitioner
-from kafka.partitioner.default import DefaultPartitioner
 
 from models.data import Interactions
 from stream.errors import BrokerError, SettingsError, StreamError
+from stream.kafka.clients import make_producer, security_kwargs
 from stream.settings import Settings
 
-#: Producer tuning: batching gives ~10x the throughput of one request per message. kafka-python's
-#: default idempotent producer (acks=all) is kept: it keeps per-partition order across retries, so
-#: a user's events stay in order, and never writes a retried batch twice.
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "linger_ms": 5,
-    "batch_size": 128 * 1024,
-    "max_block_ms": 30_000,
-    "request_timeout_ms": 30_000,
-}
 _PROGRESS_EVERY = 1000
-
-
-def make_producer(settings: Settings, **overrides: Any) -> Any:
-    """A kafka-python ``KafkaProducer`` with the settings' security and batching for throughput
-    (``PRODUCER_DEFAULTS``; never use linger for synchronous request/response sends). An
-    unreachable broker raises :class:`BrokerError` saying what to do."""
-    from kafka import KafkaProducer
-
-    kw = {**PRODUCER_DEFAULTS, "partitioner": _CachedKeyPartitioner(), **settings.kafka_python_kwargs(), **overrides}
-    try:
-        return KafkaProducer(**kw)
-    except Exception as e:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: is it running? set HAILSTREAM_BOOTSTRAP_SERVERS "
-            f"({type(e).__name__}: {e})"
-        ) from e
 
 
 def _block_key(label: str) -> tuple[str, int, str]:
@@ -134,30 +108,6 @@ class PublishResult:
     def rate(self) -> float:
         """Events per second, including the final flush."""
         return self.published / self.seconds if self.seconds > 0 else float("inf")
-
-
-class _CachedKeyPartitioner(Partitioner):
-    """kafka-python's default partitioner (Java-compatible murmur2 of the key, so a user lands on
-    the same partition as with any other Kafka client), memoised per key: users repeat, and the
-    pure-Python hash was ~15% of the cost of a send."""
-
-    _MAX = 1 << 20
-
-    def __init__(self) -> None:
-        self._fallback = DefaultPartitioner()
-        self._cache: dict[tuple[bytes, int], int] = {}
-
-    def partition(self, topic: str, key: Any, serialized_key: Any, value: Any, serialized_value: Any, cluster: Any) -> Any:
-        if serialized_key is None:
-            return self._fallback.partition(topic, key, serialized_key, value, serialized_value, cluster)
-        parts = cluster.partitions_for_topic(topic)
-        ck = (bytes(serialized_key), len(parts))
-        p = self._cache.get(ck)
-        if p is None:
-            if len(self._cache) >= self._MAX:
-                self._cache.clear()
-            p = self._cache[ck] = self._fallback.partition(topic, key, serialized_key, value, serialized_value, cluster)
-        return p
 
 
 def _json_str(cache: dict[str, str], s: str) -> str:
@@ -357,7 +307,7 @@ def run_replay(
     settings = settings or Settings.from_env()
     events = load_dataset(dataset, settings.data_dir)
     rows = block_rows(events, from_block) if from_block is not None else None
-    wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=_security_only(settings))
+    wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=security_kwargs(settings))
     if create_topics:
         ensure_topics(settings)
     t0 = time.monotonic()
@@ -384,7 +334,7 @@ def run_load(
 
     settings = settings or Settings.from_env()
     events = load_dataset(dataset, settings.data_dir)
-    wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=_security_only(settings))
+    wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=security_kwargs(settings))
     if create_topics:
         ensure_topics(settings)
     res = generate_load(events, settings, n, rate, progress=progress)
@@ -392,8 +342,3 @@ def run_load(
     print(f"published {res.published:,} events in {res.seconds:.1f} s: {res.rate:,.0f} events/s{target}", flush=True)
     return res
 
-
-def _security_only(settings: Settings) -> dict[str, Any]:
-    kw = settings.kafka_python_kwargs()
-    kw.pop("bootstrap_servers")
-    return kw

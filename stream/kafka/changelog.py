@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from stream.errors import StreamError
+from stream.kafka.clients import make_consumer
 from stream.settings import Settings
 
 
@@ -17,9 +18,9 @@ def read_changelog(
     in offset order per partition, JSON-decoded (None = deleted). The end is the high watermark of
     the fetch responses (ListOffsets under-reports it on Tansu). Raises :class:`StreamError` when
     the end is not reached within ``timeout`` seconds."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
+    consumer = make_consumer(settings)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(start)]
         consumer.assign(tps)

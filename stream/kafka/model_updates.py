@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream.messages import parse_control
+from stream.kafka.clients import make_consumer
+from stream.messages import ControlMessage, parse_control
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any], bool], None]
+Handler = Callable[[ControlMessage, bool], None]
 """``handler(message, live)``: ``live`` is False for messages from before the reader caught up."""
 
 
@@ -68,9 +69,9 @@ class ControlListener:
         self.stop()
 
     def _consumer(self) -> Any:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **self.settings.kafka_python_kwargs())
+        consumer = make_consumer(self.settings)
         topic = self.settings.model_updates_topic
         deadline = time.monotonic() + 30
         parts = consumer.partitions_for_topic(topic)

@@ -58,8 +58,9 @@ from models.metrics import topk_metrics
 from models.trainer import fine_tune, left_pad, make_windows
 from models.vocab import ItemVocab
 from stream.errors import StreamError
+from stream.messages import version_label
 from stream.trainer.config import TrainerConfig
-from stream.trainer.model_store import ModelStore, version_label
+from stream.trainer.model_store import ModelStore
 from stream.trainer.window import TrainingWindow
 from stream.worker.recommender import OnlineRecommender
 

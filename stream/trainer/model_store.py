@@ -54,6 +54,7 @@ from models.errors import CheckpointError
 from models.hail import HAIL
 from models.vocab import ItemVocab
 from stream.errors import StreamError
+from stream.messages import version_label
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,6 @@ _STALE_TMP_SECONDS = 600.0
 
 class ModelStoreError(StreamError):
     """A model store operation is impossible (unknown version, nothing to roll back to, ...)."""
-
-
-def version_label(version: int) -> str:
-    """The label a version carries in checkpoints, predictions and logs: ``v<n>``.
-
-    >>> version_label(3)
-    'v3'
-    """
-    return f"v{int(version)}"
 
 
 @dataclass

@@ -40,18 +40,18 @@ from typing import Any
 import torch
 
 from stream.errors import StreamError
+from stream.kafka.clients import make_consumer, make_producer
 from stream.kafka.model_updates import ControlListener
-from stream.messages import CONTROL_KEY, DRIFT, MODEL, TRIGGER, model_message
-from stream.observe.metrics import (
-    TRIGGER_REASONS,
-    Metrics,
-    MetricsServer,
-    count_trigger,
-    observe_finetune,
-    observe_lag,
-    serve_metrics,
-    set_model,
+from stream.messages import (
+    CONTROL_KEY,
+    ControlMessage,
+    DriftSignal,
+    ModelAnnouncement,
+    TriggerRequest,
+    model_message,
 )
+from stream.observe.feed import count_trigger, observe_finetune, observe_lag, set_model
+from stream.observe.metrics import TRIGGER_REASONS, Metrics, MetricsServer, serve_metrics
 from stream.records import InvalidEvent, parse_interaction
 from stream.settings import Settings
 from stream.trainer.config import TrainerConfig, add_trainer_arguments, config_from_args
@@ -124,7 +124,7 @@ class TrainerRuntime:
         self._thread: threading.Thread | None = None
         self._warm_until: dict[Any, int] = {}
         self._to_rewind: set[Any] = set()
-        self._follow: dict[str, Any] | None = None
+        self._follow: ModelAnnouncement | None = None
         self._consumer: Any = None
         self._producer: Any = None
         self.started_at = time.time()
@@ -132,16 +132,16 @@ class TrainerRuntime:
             set_model(metrics, learner.live.version, len(learner.live.vocab))
 
     # -- control messages (from the listener thread) ----------------------------------------
-    def on_control(self, msg: dict[str, Any], live: bool) -> None:
+    def on_control(self, msg: ControlMessage, live: bool) -> None:
         if not live:
             return  # drift signals and triggers from before this process started are stale
-        if msg["type"] == DRIFT:
-            log.info("drift signal from %s: %s", msg.get("source") or "a worker", msg.get("detector"))
+        if isinstance(msg, DriftSignal):
+            log.info("drift signal from %s: %s", msg.source or "a worker", msg.detector)
             self.learner.request("drift")
-        elif msg["type"] == TRIGGER:
-            reason = str(msg.get("reason") or "manual")
+        elif isinstance(msg, TriggerRequest):
+            reason = msg.reason or "manual"
             self.learner.request(reason if reason in TRIGGER_REASONS else "manual")
-        elif msg["type"] == MODEL and msg.get("version") != self.learner.live.version:
+        elif isinstance(msg, ModelAnnouncement) and msg.version != self.learner.live.version:
             # An operator promoted or rolled back (hailstream models ...): fine-tune from that one.
             self._follow = msg
 
@@ -155,14 +155,13 @@ class TrainerRuntime:
         if found is None or found[0].label == self.learner.live.version:
             return
         info, ckpt = found
-        log.info("the live version is now %s (%s): fine-tuning from it", info.label, msg.get("reason", "?"))
+        log.info("the live version is now %s (%s): fine-tuning from it", info.label, msg.reason or "?")
         self.learner.set_live(ckpt.model, ckpt.vocab, info.label, info.version)
         if self.metrics is not None:
             set_model(self.metrics, info.label, len(ckpt.vocab), swapped=True)
 
     # -- Kafka ------------------------------------------------------------------------------
     def _make_consumer(self) -> Any:
-        from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         runtime = self
@@ -176,16 +175,8 @@ class TrainerRuntime:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 runtime._to_rewind.update(assigned)
 
-        consumer = KafkaConsumer(
-            group_id=consumer_group(self.settings),
-            auto_offset_reset="earliest",
-            enable_auto_commit=True,
-            auto_commit_interval_ms=1000,
-            session_timeout_ms=2000,
-            heartbeat_interval_ms=500,
-            max_poll_records=2000,
-            **self.settings.kafka_python_kwargs(),
-        )
+        consumer = make_consumer(self.settings, group_id=consumer_group(self.settings), enable_auto_commit=True,
+                                 auto_commit_interval_ms=1000, max_poll_records=2000)
         consumer.subscribe([self.settings.interactions_topic], listener=Rewind())
         return consumer
 
@@ -264,8 +255,6 @@ class TrainerRuntime:
                    "requested_at": out.requested_at, "seconds": out.seconds}
         value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics)
         if self._producer is None:
-            from stream.cli.replay import make_producer
-
             self._producer = make_producer(self.settings, linger_ms=0)
         try:
             self._producer.send(self.settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)

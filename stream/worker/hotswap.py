@@ -23,8 +23,9 @@ from typing import Any
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.errors import CheckpointError
-from stream.messages import MODEL
-from stream.observe.metrics import Metrics, set_model, version_number
+from stream.messages import ControlMessage, ModelAnnouncement, version_number
+from stream.observe.feed import set_model
+from stream.observe.metrics import Metrics
 from stream.trainer.model_store import ModelStore, ModelStoreError, VersionInfo
 from stream.worker.recommender import OnlineRecommender
 
@@ -54,12 +55,12 @@ class HotSwapper:
         self.swaps = 0
         self.failures = 0
         self.last_swap: dict[str, Any] | None = None
-        self._history: dict[str, Any] | None = None
+        self._history: ModelAnnouncement | None = None
         self._lock = threading.Lock()
 
-    def on_message(self, msg: dict[str, Any], live: bool) -> None:
+    def on_message(self, msg: ControlMessage, live: bool) -> None:
         """:class:`~stream.kafka.model_updates.ControlListener` handler."""
-        if msg.get("type") != MODEL:
+        if not isinstance(msg, ModelAnnouncement):
             return
         if live:
             self.apply(msg)
@@ -69,23 +70,21 @@ class HotSwapper:
     def on_caught_up(self) -> None:
         """After the topic's history: serve its newest announcement if it is newer than ours."""
         msg, self._history = self._history, None
-        if msg is not None and version_number(msg.get("number", msg["version"])) > version_number(
-            self.recommender.version
-        ):
+        if msg is not None and version_number(msg.number) > version_number(self.recommender.version):
             self.apply(msg)
 
-    def apply(self, msg: dict[str, Any]) -> bool:
+    def apply(self, msg: ModelAnnouncement) -> bool:
         """Load the announced checkpoint and swap it in; False when skipped or failed."""
-        version = str(msg["version"])
+        version = msg.version
         with self._lock:
             if version == self.recommender.version:
                 return False
             started = time.perf_counter()
             try:
-                ckpt = load_checkpoint(msg["checkpoint"])
-                if msg.get("sha256") and ckpt.sha256 != msg["sha256"]:
+                ckpt = load_checkpoint(msg.checkpoint)
+                if msg.sha256 and ckpt.sha256 != msg.sha256:
                     raise CheckpointError(
-                        f"{msg['checkpoint']} is not the announced {version} (sha256 differs): it was replaced"
+                        f"{msg.checkpoint} is not the announced {version} (sha256 differs): it was replaced"
                     )
             except (CheckpointError, ModelStoreError, OSError) as e:
                 self.failures += 1
@@ -96,11 +95,11 @@ class HotSwapper:
             self.swaps += 1
             self.last_swap = {
                 "version": version, "previous": old.version, "at": time.time(),
-                "load_seconds": time.perf_counter() - started, "announced_at": msg.get("announced_at"),
-                "reason": msg.get("reason"),
+                "load_seconds": time.perf_counter() - started, "announced_at": msg.announced_at,
+                "reason": msg.reason or None,
             }
             if self.metrics is not None:
                 set_model(self.metrics, version, len(ckpt.vocab), swapped=True)
-            log.info("hot swap: %s -> %s (%s, loaded in %.2f s)", old.version, version, msg.get("reason", "?"),
+            log.info("hot swap: %s -> %s (%s, loaded in %.2f s)", old.version, version, msg.reason or "?",
                      self.last_swap["load_seconds"])
             return True

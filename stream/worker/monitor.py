@@ -27,13 +27,8 @@ import time
 from collections.abc import Mapping
 
 from stream.observe.drift import Detection, DriftMonitor
-from stream.observe.metrics import (
-    Metrics,
-    observe_batch_stats,
-    observe_drift,
-    observe_lag,
-    observe_prequential,
-)
+from stream.observe.feed import observe_batch_stats, observe_drift, observe_lag, observe_prequential
+from stream.observe.metrics import Metrics
 from stream.worker.batch import BatchStats
 from stream.worker.prequential import Prequential
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.observe.metrics import Metrics, set_model
+from stream.observe.feed import set_model
+from stream.observe.metrics import Metrics
 from stream.observe.timeline import Timeline
 from stream.settings import Settings
 from stream.worker.batch import WorkerStats, new_prequential, write_stats

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.clients import make_consumer
 from stream.kafka.topics import delete_topics, ensure_topics
 from stream.settings import Settings
 
@@ -89,17 +90,7 @@ def consume() -> Callable[..., list[Any]]:
     test can assert "exactly n"); fails the test if fewer than ``n`` arrive within ``timeout``."""
 
     def _consume(settings: Settings, topic: str, n: int, timeout: float = 30.0, settle: float = 0.0) -> list[Any]:
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(
-            topic,
-            group_id=f"it-consumer-{uuid.uuid4().hex[:8]}",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            session_timeout_ms=2000,
-            heartbeat_interval_ms=500,
-            **settings.kafka_python_kwargs(),
-        )
+        consumer = make_consumer(settings, topic, group_id=f"it-consumer-{uuid.uuid4().hex[:8]}")
         out: list[Any] = []
         try:
             deadline = time.monotonic() + timeout
@@ -122,9 +113,9 @@ def consume() -> Callable[..., list[Any]]:
 def read_topic(settings: Settings, topic: str, min_n: int = 0, timeout: float = 20.0) -> list[Any]:
     """Every record of ``topic`` (all partitions, from the beginning, no consumer group): polls until
     ``min_n`` records arrived and then three polls in a row came back empty, or ``timeout`` passed."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_kwargs())
+    consumer = make_consumer(settings)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)

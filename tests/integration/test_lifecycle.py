@@ -32,9 +32,10 @@ from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.cli.procs import spawn_python, stop_process
-from stream.cli.replay import make_producer, replay
-from stream.messages import CONTROL_KEY, drift_message, parse_control
-from stream.observe.metrics import Metrics, declared_families, version_number
+from stream.cli.replay import replay
+from stream.kafka.clients import make_producer
+from stream.messages import CONTROL_KEY, ModelAnnouncement, drift_message, parse_control, version_number
+from stream.observe.metrics import Metrics, declared_families
 from stream.records import Prediction
 from stream.settings import Settings
 from stream.trainer.learner import TrainerConfig
@@ -161,10 +162,10 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert numbers[0] == 1 and len(set(numbers)) >= 3
         # each announcement on the model-updates topic names a version in the store
         announced = [m for r in read_topic(settings, settings.model_updates_topic)
-                     if (m := parse_control(r.value)) and m["type"] == "model"]
+                     if isinstance(m := parse_control(r.value), ModelAnnouncement)]
         store = ModelStore(settings.model_dir)
-        assert [m["version"] for m in announced] == [v.label for v in store.list() if v.version > 1]
-        assert all(store.load(m["number"]).sha256 == m["sha256"] for m in announced)
+        assert [m.version for m in announced] == [v.label for v in store.list() if v.version > 1]
+        assert all(store.load(m.number).sha256 == m.sha256 for m in announced)
 
         # /metrics of both processes during the run
         wm = _scrape(w["metrics_url"])

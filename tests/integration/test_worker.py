@@ -30,7 +30,8 @@ from models.metrics import topk_metrics
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.cli.procs import child_env
-from stream.cli.replay import make_producer, replay
+from stream.cli.replay import replay
+from stream.kafka.clients import make_producer
 from stream.kafka.topics import delete_topics, ensure_topics
 from stream.records import Prediction
 from stream.settings import Settings

@@ -15,19 +15,16 @@ import pytest
 import yaml
 
 from stream.observe.drift import Detection, DriftMonitor, InputDrift
-from stream.observe.metrics import (
-    DRIFT_DETECTORS,
-    Metrics,
+from stream.observe.feed import (
     count_trigger,
-    declared_metric_names,
     observe_batch,
     observe_drift,
     observe_finetune,
     observe_lag,
     observe_prequential,
-    serve_metrics,
     set_model,
 )
+from stream.observe.metrics import DRIFT_DETECTORS, Metrics, declared_metric_names, serve_metrics
 from stream.worker.prequential import Prequential
 from tests.ops.prom_helpers import (
     DASHBOARDS,

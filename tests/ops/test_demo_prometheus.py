@@ -29,7 +29,7 @@ from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.cli.procs import child_env
-from stream.cli.replay import make_producer
+from stream.kafka.clients import make_producer
 from stream.kafka.topics import delete_topics
 from stream.observe.metrics import Metrics, declared_metric_names
 from stream.observe.timeline import TIMELINE_FILE, read_timeline

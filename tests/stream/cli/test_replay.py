@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from models.data import Interactions
-from stream.cli.replay import Pacer, _CachedKeyPartitioner, block_rows, generate_load, replay
+from stream.cli.replay import Pacer, block_rows, generate_load, replay
 from stream.errors import BrokerError, SettingsError
+from stream.kafka.clients import _CachedKeyPartitioner
 from stream.records import Interaction, parse_interaction
 from stream.settings import Settings
 

@@ -14,23 +14,25 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.errors import StreamError
+from stream.messages import version_number
 from stream.observe import metrics as M
 from stream.observe.drift import Detection, DriftMonitor, InputDrift
-from stream.observe.metrics import (
-    ALLOWED_LABELS,
-    Metrics,
+from stream.observe.feed import (
     count_trigger,
-    declared_families,
-    declared_metric_names,
     observe_batch,
     observe_batch_stats,
     observe_drift,
     observe_finetune,
     observe_lag,
     observe_prequential,
-    serve_metrics,
     set_model,
-    version_number,
+)
+from stream.observe.metrics import (
+    ALLOWED_LABELS,
+    Metrics,
+    declared_families,
+    declared_metric_names,
+    serve_metrics,
 )
 from stream.worker.batch import BatchStats
 from stream.worker.prequential import Prequential

@@ -10,7 +10,7 @@ import pytest
 
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
-from stream.messages import drift_message, model_message, parse_control, trigger_message
+from stream.messages import ControlMessage, drift_message, model_message, parse_control, trigger_message
 from stream.observe.metrics import Metrics
 from stream.settings import Settings
 from stream.trainer.config import TrainerConfig, add_trainer_arguments, config_from_args
@@ -28,7 +28,7 @@ def _runtime(tmp_path: Path, **config: object) -> TrainerRuntime:
     return TrainerRuntime(settings, learner, metrics=Metrics(process="trainer", process_collector=False))
 
 
-def _msg(raw: bytes) -> dict:
+def _msg(raw: bytes) -> ControlMessage:
     msg = parse_control(raw)
     assert msg is not None
     return msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
-from stream.messages import model_message, parse_control
+from stream.messages import ModelAnnouncement, model_message, parse_control
 from stream.observe.metrics import Metrics
 from stream.trainer.model_store import ModelStore
 from stream.worker.hotswap import HotSwapper, newer_in_store
@@ -20,10 +21,10 @@ def _model(rows: int, seed: int = 0) -> HAIL:
     return HAIL(HailConfig(n_peers=2, hidden=8, layers=1, max_len=4, seed=seed), rows)
 
 
-def _announce(store: ModelStore, version: int) -> dict:
+def _announce(store: ModelStore, version: int) -> ModelAnnouncement:
     info = store.get(version)
     msg = parse_control(model_message(info.label, info.version, store.checkpoint_path(version), info.sha256))
-    assert msg is not None
+    assert isinstance(msg, ModelAnnouncement)
     return msg
 
 
@@ -72,13 +73,13 @@ def test_a_broken_announcement_keeps_the_served_version(tmp_path: Path) -> None:
     rec = OnlineRecommender(store.load(1).model, store.load(1).vocab, "v1")
     swapper = HotSwapper(rec)
     msg = _announce(store, 2)
-    path = Path(msg["checkpoint"])
+    path = Path(msg.checkpoint)
     data = path.read_bytes()
     path.write_bytes(data[:100])
     assert swapper.apply(msg) is False
-    missing = {**msg, "checkpoint": str(tmp_path / "nope.safetensors")}
+    missing = dataclasses.replace(msg, checkpoint=str(tmp_path / "nope.safetensors"))
     assert swapper.apply(missing) is False
-    wrong = {**_announce(store, 3), "sha256": "0" * 64}
+    wrong = dataclasses.replace(_announce(store, 3), sha256="0" * 64)
     assert swapper.apply(wrong) is False
     assert rec.version == "v1" and swapper.failures == 3
     # model messages with junk are not control messages at all
