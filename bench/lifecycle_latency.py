@@ -49,12 +49,11 @@ from stream.cli.procs import spawn_python, stop_process
 from stream.cli.replay import generate_load
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import make_producer
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import changelog_topic, ensure_topics
 from stream.messages import CONTROL_KEY, trigger_message
 from stream.records import Prediction
 from stream.settings import Settings
-from stream.worker.app import changelog_topic
-from stream.worker.batch import read_stats
+from stream.snapshots import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
         wstats, tstats = tmp / "worker.json", tmp / "trainer.json"
         try:
-            worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
+            worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
                             tmp / "worker.log")
             # 1. throughput: a trainer with no automatic trigger and a fine-tune that outlasts the measurement
             trainer = _spawn(["-m", "stream.trainer.process", "--checkpoint", str(initial), "--stats-file", str(tstats),

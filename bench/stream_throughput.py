@@ -167,9 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.vocab import ItemVocab
     from stream.cli.replay import replay
     from stream.kafka.broker import EmbeddedBroker
-    from stream.kafka.topics import ensure_topics
+    from stream.kafka.topics import changelog_topic, ensure_topics
     from stream.settings import Settings
-    from stream.worker.app import changelog_topic
 
     tmp = Path(tempfile.mkdtemp(prefix="hs-throughput-"))
     events = load_dataset("foursquare-nyc")
@@ -229,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = n if paced_rate is None else args.latency_events
             with logf.open("w") as lf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(ckpt), "--stats", str(stats_path), *flags.split()],
+                    [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(ckpt), "--stats", str(stats_path), *flags.split()],
                     env=env, stdout=lf, stderr=subprocess.STDOUT, cwd=tmp,
                 )
                 try:

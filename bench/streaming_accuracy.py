@@ -56,8 +56,9 @@ from models.trainer import TrainConfig, train
 from models.vocab import ItemVocab
 from stream.cli.demo import split_stream
 from stream.settings import Settings
+from stream.snapshots import MODEL_SCORER
 from stream.trainer.learner import Learner, TrainerConfig
-from stream.worker.batch import MODEL_SCORER, Source, new_prequential, process_batch
+from stream.worker.batch import Source, new_prequential, process_batch
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
 

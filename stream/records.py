@@ -31,6 +31,8 @@ from stream.errors import StreamError
 
 #: Every reason code :class:`InvalidEvent` can carry (a bounded set: safe as a metric label).
 REASONS = ("oversized", "bad_json", "not_object", "missing_field", "wrong_type", "bad_value")
+#: The worker's own failure code (a bug or a corrupt table value, never the sender's fault).
+INTERNAL_ERROR = "internal_error"
 #: Raw bytes kept in a dead letter.
 DEAD_LETTER_RAW_BYTES = 1024
 DEFAULT_MAX_BYTES = 65536

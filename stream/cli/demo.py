@@ -45,7 +45,7 @@ from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.topics import ensure_topics
 from stream.observe.timeline import TIMELINE_FILE, read_timeline
 from stream.settings import Settings, env_name
-from stream.worker.batch import read_stats
+from stream.snapshots import read_stats
 
 __all__ = ["format_summary", "run_demo", "split_stream", "summarize"]
 
@@ -216,7 +216,7 @@ def run_demo(
             say(f"broker: embedded Tansu at {broker.bootstrap}")
         ensure_topics(settings)
         worker = stack.enter_context(child_process("worker", [
-            "-m", "stream.worker.app", "--checkpoint", str(ckpt), "--stats", str(wstats_path),
+            "-m", "stream.worker.process", "--checkpoint", str(ckpt), "--stats", str(wstats_path),
             "--datadir", str(run_dir / "faust"), "--timeline", str(run_dir / TIMELINE_FILE)], child, run_dir))
         say(f"worker: pid {worker.pid}, log {run_dir / 'worker.log'}")
         procs = {"worker": worker}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.worker.batch import MODEL_SCORER
+from stream.snapshots import MODEL_SCORER
 
 HR = "hr@10"
 

@@ -90,7 +90,7 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker.app import run_worker
+    from stream.worker.process import run_worker
 
     settings = _settings(args)
     run_worker(settings, Path(args.checkpoint), stats_path=Path(args.stats_file) if args.stats_file else None,

@@ -16,6 +16,17 @@ from stream.errors import BrokerError, SettingsError
 from stream.settings import Settings
 
 _TIMEOUT_MS = 10_000
+#: The worker's per-user table (Faust); its changelog topic is :func:`changelog_topic`.
+TABLE_NAME = "user-state"
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Name of the user-state table's changelog topic (Faust's ``<app_id>-<table>-changelog``).
+
+    >>> changelog_topic(Settings(app_id="hs"))
+    'hs-user-state-changelog'
+    """
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
 
 def topic_plan(settings: Settings, extra: Mapping[str, int] | None = None) -> dict[str, int]:

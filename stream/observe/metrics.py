@@ -34,14 +34,14 @@ from prometheus_client import (
 )
 
 from stream.errors import StreamError
-from stream.records import REASONS
+from stream.records import INTERNAL_ERROR, REASONS
 
 PREFIX = "hailstream_"
 #: The only label names a hailstream metric may carry (an Info metric's keys excepted).
 ALLOWED_LABELS = frozenset({"reason", "scorer", "detector", "partition", "outcome", "process"})
 #: Dead-letter reasons exported (as 0) before the first one happens: the parser's reasons and the
-#: worker's own failure code (``stream.worker.batch.INTERNAL_ERROR``, not imported: it pulls in torch).
-DEAD_LETTER_REASONS = (*REASONS, "internal_error")
+#: worker's own failure code.
+DEAD_LETTER_REASONS = (*REASONS, INTERNAL_ERROR)
 #: How a fine-tune ends.
 FINETUNE_OUTCOMES = ("promoted", "rejected", "failed")
 #: What starts a fine-tune.

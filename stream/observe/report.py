@@ -27,7 +27,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from stream.errors import StreamError
 from stream.observe.timeline import TIMELINE_FILE, read_timeline
-from stream.worker.batch import MODEL_SCORER
+from stream.snapshots import MODEL_SCORER
 
 REPORT_FILE = "report.png"
 HOW_TO_RECORD = "run `hailstream demo` or `hailstream worker --timeline PATH` first"

@@ -54,10 +54,10 @@ from stream.observe.feed import count_trigger, observe_finetune, observe_lag, se
 from stream.observe.metrics import TRIGGER_REASONS, Metrics, MetricsServer, serve_metrics
 from stream.records import InvalidEvent, parse_interaction
 from stream.settings import Settings
+from stream.snapshots import TrainerSnapshot, write_stats
 from stream.trainer.config import TrainerConfig, add_trainer_arguments, config_from_args
 from stream.trainer.learner import Job, Learner, Outcome
 from stream.trainer.model_store import ModelStore
-from stream.worker.batch import write_stats
 
 log = logging.getLogger(__name__)
 
@@ -271,27 +271,27 @@ class TrainerRuntime:
         return self._thread is not None
 
     # -- the loop -----------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> TrainerSnapshot:
         lrn = self.learner
-        return {
-            "events": self.events,
-            "warm_events": self.warm_events,
-            "invalid": self.invalid,
-            "live_version": lrn.live.version,
-            "fine_tunes": lrn.fine_tunes,
-            "outcomes": dict(lrn.outcomes),
-            "running": self.busy,
-            "pending_request": lrn.pending_request,
-            "window": len(lrn.window),
-            "vocabulary": {"items": len(lrn.capacity.vocab), "capacity": lrn.capacity.capacity,
-                           "grown": lrn.capacity.grown, "recycled": lrn.capacity.recycled,
-                           "refused": lrn.capacity.refused},
-            "history": lrn.history[-HISTORY_IN_STATS:],
-            "announced": self.announced[-HISTORY_IN_STATS:],
-            "metrics_url": self.metrics_url,
-            "uptime_s": time.time() - self.started_at,
-            "written_at": time.time(),
-        }
+        return TrainerSnapshot(
+            events=self.events,
+            warm_events=self.warm_events,
+            invalid=self.invalid,
+            live_version=lrn.live.version,
+            fine_tunes=lrn.fine_tunes,
+            outcomes=dict(lrn.outcomes),
+            running=self.busy,
+            pending_request=lrn.pending_request,
+            window=len(lrn.window),
+            vocabulary={"items": len(lrn.capacity.vocab), "capacity": lrn.capacity.capacity,
+                        "grown": lrn.capacity.grown, "recycled": lrn.capacity.recycled,
+                        "refused": lrn.capacity.refused},
+            history=lrn.history[-HISTORY_IN_STATS:],
+            announced=self.announced[-HISTORY_IN_STATS:],
+            metrics_url=self.metrics_url,
+            uptime_s=time.time() - self.started_at,
+            written_at=time.time(),
+        )
 
     def _observe_lag(self) -> None:
         if self.metrics is None or self._consumer is None:
@@ -345,7 +345,7 @@ class TrainerRuntime:
     def write_stats(self) -> None:
         if self.stats_path is not None:
             try:
-                write_stats(self.stats_path, self.snapshot())
+                write_stats(self.stats_path, self.snapshot().to_dict())
             except OSError as e:
                 log.warning("cannot write trainer stats to %s: %s", self.stats_path, e)
 

@@ -26,31 +26,22 @@ the sequence exact when a crash makes the broker redeliver events already applie
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from stream.errors import StreamError
-from stream.records import InvalidEvent, Prediction, dead_letter, parse_interaction
+from stream.records import INTERNAL_ERROR, InvalidEvent, Prediction, dead_letter, parse_interaction
 from stream.settings import Settings
+from stream.snapshots import MODEL_SCORER, SAMPLE_SUFFIX
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
 
 log = logging.getLogger(__name__)
 
-MODEL_SCORER = "hail"
-"""Name of the live model's prequential scorer (the baselines use their own names)."""
-SAMPLE_SUFFIX = "@sample"
-INTERNAL_ERROR = "internal_error"
 SCORE_DECIMALS = 6
 
 UserState = dict[str, Any]
@@ -67,6 +58,11 @@ class Source(NamedTuple):
     offset: int
     timestamp: float | None = None
 
+    @classmethod
+    def of(cls, message: Any) -> Source:
+        """From a Kafka message (Faust's ``event.message``)."""
+        return cls(message.value, message.topic, message.partition, message.offset, message.timestamp)
+
 
 class Update(NamedTuple):
     """A new table value for one user, with the source partition its changelog record belongs to."""
@@ -77,7 +73,7 @@ class Update(NamedTuple):
 
 @dataclass
 class BatchStats:
-    """What one batch did (added to :class:`WorkerStats` by the caller)."""
+    """What one batch did (added to :class:`stream.worker.stats.WorkerStats` by the caller)."""
 
     events: int = 0
     valid: int = 0
@@ -295,120 +291,6 @@ def _recommend(
         except Exception:
             out.append(None)
     return version, out
-
-
-# --- live counters ------------------------------------------------------------------------------
-
-
-class WorkerStats:
-    """Live counters of one worker process, readable in-process and written as a JSON file.
-
-    ``dead_letters`` is keyed by reason; latency percentiles cover the last ``latency_window``
-    predictions (event -> prediction, from the Kafka message time).
-    """
-
-    def __init__(self, prequential: Mapping[str, Prequential], latency_window: int = 10000) -> None:
-        self.prequential = prequential
-        self.events = 0
-        self.valid = 0
-        self.predictions = 0
-        self.duplicates = 0
-        self.cold = 0
-        self.batches = 0
-        self.dead_letters: Counter[str] = Counter()
-        self.model_version = ""
-        self.started_at = time.time()
-        self.first_batch_at: float | None = None
-        self.last_batch_at: float | None = None
-        self.first_batch_events = 0
-        self.busy: dict[str, float] = {}
-        self._latencies: deque[float] = deque(maxlen=latency_window)
-
-    def add(self, result: BatchResult) -> None:
-        s = result.stats
-        self.events += s.events
-        self.valid += s.valid
-        self.predictions += s.predictions
-        self.duplicates += s.duplicates
-        self.cold += s.cold
-        self.dead_letters.update(s.dead_letters)
-        self._latencies.extend(s.latencies)
-        self.model_version = result.model_version
-        self.batches += 1
-        for phase, seconds in s.seconds.items():
-            self.add_busy(phase, seconds)
-        self.last_batch_at = time.time()
-        if self.first_batch_at is None:
-            self.first_batch_at, self.first_batch_events = self.last_batch_at, s.events
-
-    def count_internal_errors(self, n: int) -> None:
-        """Events dead-lettered by the agent itself (a whole batch failed outside process_batch)."""
-        self.events += n
-        self.dead_letters[INTERNAL_ERROR] += n
-
-    def add_busy(self, phase: str, seconds: float) -> None:
-        """Account time the agent spent outside :func:`process_batch` (e.g. ``"send"``)."""
-        self.busy[phase] = self.busy.get(phase, 0.0) + seconds
-
-    @property
-    def events_per_second(self) -> float | None:
-        """Throughput between the end of the first batch and the end of the last one."""
-        if self.first_batch_at is None or self.last_batch_at is None or self.last_batch_at <= self.first_batch_at:
-            return None
-        return (self.events - self.first_batch_events) / (self.last_batch_at - self.first_batch_at)
-
-    def latency(self) -> dict[str, float | None]:
-        """p50 / p99 / max event -> prediction latency in seconds (None before any prediction)."""
-        if not self._latencies:
-            return {"p50": None, "p99": None, "max": None}
-        a = np.fromiter(self._latencies, dtype=np.float64)
-        p50, p99 = np.percentile(a, [50, 99])
-        return {"p50": float(p50), "p99": float(p99), "max": float(a.max())}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: counters, model version, latency and prequential per scorer."""
-        now = time.time()
-        return {
-            "events": self.events,
-            "valid": self.valid,
-            "predictions": self.predictions,
-            "dead_letters": sum(self.dead_letters.values()),
-            "dead_letter_reasons": dict(self.dead_letters),
-            "duplicates_skipped": self.duplicates,
-            "cold": self.cold,
-            "batches": self.batches,
-            "model_version": self.model_version,
-            "uptime_s": now - self.started_at,
-            "first_batch_at": self.first_batch_at,
-            "last_batch_at": self.last_batch_at,
-            "events_per_s": self.events_per_second,
-            "busy_s": dict(self.busy),
-            "written_at": now,
-            "latency_s": self.latency(),
-            "prequential": {name: p.summary() for name, p in self.prequential.items()},
-        }
-
-
-def write_stats(path: Path | str, stats: Mapping[str, Any]) -> None:
-    """Write ``stats`` as JSON atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(stats, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_stats(path: Path | str) -> dict[str, Any]:
-    """The last stats file a worker wrote (for the demo and tests)."""
-    try:
-        return dict(json.loads(Path(path).read_text()))
-    except FileNotFoundError:
-        raise StreamError(f"no worker stats at {path}: is the worker running with stats_path set?") from None
 
 
 def replay_states(events: Iterable[tuple[str, str]], max_len: int) -> dict[str, list[str]]:

@@ -9,17 +9,18 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from stream.observe.feed import set_model
 from stream.observe.metrics import Metrics
 from stream.observe.timeline import Timeline
 from stream.settings import Settings
-from stream.worker.batch import WorkerStats, new_prequential, write_stats
+from stream.snapshots import WorkerSnapshot, write_stats
+from stream.worker.batch import new_prequential
 from stream.worker.hotswap import HotSwapper
 from stream.worker.monitor import WorkerMonitor
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
+from stream.worker.stats import WorkerStats
 
 
 @dataclass
@@ -47,25 +48,22 @@ class WorkerRuntime:
     timeline: Timeline | None = None
     _last_error: str = field(default="", repr=False)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as JSON-ready data (what the stats file holds)."""
-        d = self.stats.to_dict()
-        d["send_errors"] = self.send_errors
-        d["live_model_version"] = self.recommender.version
-        d["metrics_url"] = self.metrics_url
+    def snapshot(self) -> WorkerSnapshot:
+        """The counters as a :class:`~stream.snapshots.WorkerSnapshot` (what the stats file holds)."""
+        snap = WorkerSnapshot(**self.stats.to_dict(), send_errors=self.send_errors,
+                              live_model_version=self.recommender.version, metrics_url=self.metrics_url)
         if self.swapper is not None:
-            d["swaps"] = self.swapper.swaps
-            d["swap_failures"] = self.swapper.failures
-            d["last_swap"] = self.swapper.last_swap
+            snap.swaps, snap.swap_failures = self.swapper.swaps, self.swapper.failures
+            snap.last_swap = self.swapper.last_swap
         if self.monitor is not None:
-            d["drift"] = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
+            snap.drift = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
                           "published": self.drift_published,
                           "states": [s.__dict__ for s in self.monitor.drift.states()]}
-        return d
+        return snap
 
     def write_stats(self) -> None:
         if self.stats_path is not None:
-            write_stats(self.stats_path, self.snapshot())
+            write_stats(self.stats_path, self.snapshot().to_dict())
 
 
 def build_runtime(

@@ -38,10 +38,10 @@ from stream.messages import CONTROL_KEY, ModelAnnouncement, drift_message, parse
 from stream.observe.metrics import Metrics, declared_families
 from stream.records import Prediction
 from stream.settings import Settings
+from stream.snapshots import read_stats
 from stream.trainer.learner import TrainerConfig
 from stream.trainer.model_store import ModelStore
 from stream.trainer.process import TrainerRuntime, open_learner
-from stream.worker.batch import read_stats
 from tests.fakes import scrambling_fine_tune
 from tests.integration.conftest import read_topic
 
@@ -118,8 +118,7 @@ def _declared_exposed(samples: dict[str, float]) -> list[str]:
 
 @pytest.fixture
 def lifecycle_settings(settings_factory: Callable[..., Settings], tmp_path: Path) -> Settings:
-    from stream.kafka.topics import ensure_topics
-    from stream.worker.app import changelog_topic
+    from stream.kafka.topics import changelog_topic, ensure_topics
 
     s = settings_factory(model_dir=tmp_path / "models", metrics_port=0, trainer_metrics_port=0)
     ensure_topics(s, {changelog_topic(s): s.partitions})
@@ -136,7 +135,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
                       "--every-events", "600", "--min-new-events", "300", "--window", "1500", "--holdout", "150",
                       "--reservoir", "200", "--steps", "8", "--batch-size", "32", "--tolerance", "1.0"],
                      settings, tlog)
-    worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats),
+    worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats),
                      "--baseline-sample-every", "5"], settings, wlog)
     procs = [(trainer, tlog), (worker, wlog)]
     worker2: subprocess.Popen[bytes] | None = None
@@ -197,7 +196,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         latest = ModelStore(settings.model_dir).latest_promoted()
         assert latest is not None and latest.label == live
         wstats.unlink()
-        worker2 = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats),
+        worker2 = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats),
                           "--no-baselines"], settings, wlog)
         procs = [(worker2, wlog)]
         _wait("the restarted worker", wstats.exists, procs)
@@ -226,7 +225,7 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
     wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"
-    worker = _spawn(["-m", "stream.worker.app", "--checkpoint", str(initial), "--stats", str(wstats), "--no-baselines"],
+    worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats), "--no-baselines"],
                     settings, wlog)
     procs = [(worker, wlog)]
     thread.start()

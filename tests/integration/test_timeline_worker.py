@@ -20,11 +20,10 @@ from models.vocab import ItemVocab
 from stream.cli.main import main as cli_main
 from stream.cli.procs import child_env
 from stream.cli.replay import replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import changelog_topic, ensure_topics
 from stream.observe.timeline import read_timeline
 from stream.settings import Settings
-from stream.worker.app import changelog_topic
-from stream.worker.batch import MODEL_SCORER, read_stats
+from stream.snapshots import MODEL_SCORER, read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +50,7 @@ def test_worker_with_timeline_flag_records_points_and_report_draws_them(
     env = {**child_env(settings.replace(log_level="WARNING")), "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(checkpoint), "--stats", str(stats),
+            [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(checkpoint), "--stats", str(stats),
              "--timeline", str(run / "timeline.jsonl"), "--timeline-every", str(EVERY)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

@@ -32,11 +32,11 @@ from models.trainer import TrainConfig, train
 from stream.cli.procs import child_env
 from stream.cli.replay import replay
 from stream.kafka.clients import make_producer
-from stream.kafka.topics import delete_topics, ensure_topics
+from stream.kafka.topics import changelog_topic, delete_topics, ensure_topics
 from stream.records import Prediction
 from stream.settings import Settings
-from stream.worker.app import changelog_topic
-from stream.worker.batch import MODEL_SCORER, read_stats, replay_states
+from stream.snapshots import MODEL_SCORER, read_stats
+from stream.worker.batch import replay_states
 from tests.integration.conftest import read_topic
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def _is_loopback(hex_addr: str) -> bool:
 def _start_worker(settings: Settings, checkpoint: Path, stats: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "stream.worker.app", "--checkpoint", str(checkpoint), "--stats", str(stats)],
+            [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(checkpoint), "--stats", str(stats)],
             cwd=ROOT, env=_env(settings), stdout=out, stderr=subprocess.STDOUT,
         )
 

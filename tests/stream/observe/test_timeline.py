@@ -1,5 +1,5 @@
 """The run timeline: the writer/reader round trip, torn lines, and what the worker's per-batch code
-(:func:`stream.worker.app.process_and_observe`, no broker) records: points, drift, a hot swap."""
+(:func:`stream.worker.pipeline.handle_batch`, no broker) records: points, drift, a hot swap."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from stream.observe.metrics import Metrics
 from stream.observe.timeline import Timeline, read_timeline
 from stream.settings import Settings
 from stream.trainer.model_store import ModelStore
-from stream.worker.app import process_and_observe
 from stream.worker.batch import MODEL_SCORER, Source
 from stream.worker.monitor import WorkerMonitor
+from stream.worker.pipeline import handle_batch
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineRecommender
 from stream.worker.runtime import build_runtime
@@ -132,7 +132,8 @@ def test_the_worker_batch_code_records_points_drift_and_a_hot_swap(tmp_path: Pat
     assert announce is not None
     for b in range(20):  # 1000 events in batches of 50; unknown items from event 500 on
         batch = [_event(i, ITEMS[i % 6] if i < 500 else f"new{i % 40}") for i in range(50 * b, 50 * b + 50)]
-        result, _ = process_and_observe(runtime, settings, batch, table.get)
+        result = handle_batch(runtime, settings, batch, table.get).result
+        assert result is not None
         for user, upd in result.updates.items():
             table[user] = upd.value
         if b == 12:  # announced while batch 13 waits: batch 13 is the first served by v2
@@ -160,5 +161,5 @@ def test_a_failing_timeline_is_dropped_and_the_worker_goes_on(tmp_path: Path) ->
     runtime = build_runtime(settings, rec, offload=False)
     runtime.timeline = Timeline(tmp_path / "t.jsonl", every=1)
     runtime.timeline.close()  # as if the disk went away: every write fails
-    result, _ = process_and_observe(runtime, settings, [_event(0, "a"), _event(1, "b")], lambda u: None)
+    result = handle_batch(runtime, settings, [_event(0, "a"), _event(1, "b")], lambda u: None).result
     assert result.stats.predictions == 2 and runtime.timeline is None

@@ -62,7 +62,7 @@ def test_an_operator_rollback_is_followed(tmp_path: Path) -> None:
     rt.on_control(_msg(model_message("v1", 1, store.checkpoint_path(1))), live=True)
     assert rt._follow is None
     snap = rt.snapshot()
-    assert snap["live_version"] == "v1" and snap["outcomes"] == {"promoted": 0, "rejected": 0, "failed": 0}
+    assert snap.live_version == "v1" and snap.outcomes == {"promoted": 0, "rejected": 0, "failed": 0}
 
 
 def test_command_line_flags() -> None:

@@ -7,21 +7,13 @@ import torch
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
 from stream.errors import StreamError
-from stream.records import Interaction, Prediction
+from stream.records import INTERNAL_ERROR, Interaction, Prediction
 from stream.settings import Settings
-from stream.worker.batch import (
-    INTERNAL_ERROR,
-    MODEL_SCORER,
-    Source,
-    WorkerStats,
-    new_prequential,
-    process_batch,
-    read_stats,
-    replay_states,
-    write_stats,
-)
+from stream.snapshots import MODEL_SCORER, read_stats, write_stats
+from stream.worker.batch import Source, new_prequential, process_batch, replay_states
 from stream.worker.prequential import score_event
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
+from stream.worker.stats import WorkerStats
 
 torch.set_num_threads(1)
 SETTINGS = Settings(top_k=3, max_seq_len=4)
