@@ -11,11 +11,7 @@ windows / batch). Run it on a quiet machine; the load average is recorded.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +21,8 @@ from models.hail import HAIL
 from models.presets import preset
 from models.splits import leave_last_out
 from models.trainer import _step, batch_order, make_windows
+
+from _common import run_header, write_results  # isort: skip - bench/ is on the path of a bench script
 
 
 def seconds_per_epoch(dataset: str, threads: int, trimmed: bool, steps: int) -> dict[str, Any]:
@@ -66,20 +64,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--out", default="bench/results/epoch_time.json")
     args = ap.parse_args()
-    load = os.getloadavg()[0]
-    rows = [seconds_per_epoch(ds, th, trimmed, args.steps)
-            for ds in args.datasets for th in args.threads for trimmed in (False, True)]
-    res = {"command": "python " + " ".join(__import__("sys").argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores", "load_before": load, "rows": rows}
-    out = Path(args.out)
-    out.write_text(json.dumps(res, indent=1))
+    res = run_header()
+    load = res["loadavg_start"][0]
+    res["rows"] = [seconds_per_epoch(ds, th, trimmed, args.steps)
+                   for ds in args.datasets for th in args.threads for trimmed in (False, True)]
+    write_results(args.out, res, lambda res: markdown(res, load))
+
+
+def markdown(res: dict[str, Any], load: float) -> str:
+    rows = res["rows"]
     lines = [f"Command: `{res['command']}`", f"Machine: {res['machine']}; load average before: {load:.2f}",
              f"Date: {res['date']}", "", "| data | threads | trim + buckets | ms/step | steps/epoch | s/epoch |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['threads']} | {'yes' if r['trimmed'] else 'no'} | {r['ms_per_step']:.0f} | "
               f"{r['steps_per_epoch']} | {r['seconds_per_epoch']:.1f} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ measure depends on them; the gate tolerance is 1.0 so that every candidate is pr
    sent (what a worker's drift detection sends); the latency is the time from that message to the
    first prediction made by the new version, split into fine-tune (+ gate + store write),
    announcement, the worker's load + swap, and the next prediction. The trainer uses its default
-   fine-tune budget (``TrainerConfig``). Goal: < 60 s.
+   fine-tune budget (``TrainerSettings``). Goal: < 60 s.
 
     python bench/lifecycle_latency.py            # ~5-8 minutes
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,7 +43,7 @@ from models.hail import HAIL
 from models.presets import preset
 from models.vocab import ItemVocab
 from stream.cli.demo import split_stream
-from stream.cli.procs import spawn_python, stop_process
+from stream.cli.procs import spawn_hailstream, stop_process
 from stream.cli.replay import generate_load
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import make_producer
@@ -55,11 +53,11 @@ from stream.records import Prediction
 from stream.settings import Settings
 from stream.snapshots import read_stats
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, run_header, write_results  # isort: skip - bench/ is on the path
 
 
 def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return spawn_python(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
+    return spawn_hailstream(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
 
 
 def _stats(path: Path) -> dict[str, Any]:
@@ -164,7 +162,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {n} | {r['total_s']:.1f} | {r['to_announce_s']:.1f} | {r['finetune_s']:.1f} | "
                      f"{r['swap_s']:.2f} | {r['load_s']:.2f} | {r['to_prediction_s']:.2f} |")
     lines += ["", f"median total: **{lat['median_total_s']:.1f} s** (goal < 60 s), at {res['settings']['rate']} "
-              "events/s; fine-tune budget: TrainerConfig defaults "
+              "events/s; fine-tune budget: TrainerSettings defaults "
               f"({res['trainer_config']['steps']} steps x batch {res['trainer_config']['batch_size']}, holdout "
               f"{res['trainer_config']['holdout']} events)", ""]
     return "\n".join(lines)
@@ -176,20 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=60_000, help="events published for each throughput phase")
     ap.add_argument("--rate", type=float, default=200.0, help="events/s during the latency runs")
     ap.add_argument("--runs", type=int, default=2, help="latency measurements")
-    ap.add_argument("--steps", type=int, default=None, help="fine-tune steps of the latency runs (default: TrainerConfig)")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tune steps of the latency runs (default: TrainerSettings)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lifecycle_latency.json"))
     args = ap.parse_args(argv)
-    from stream.trainer.config import TrainerConfig
+    from stream.settings import TrainerSettings
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="hailstream-lifecycle-bench-"))
     res: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        **run_header(),
         "settings": vars(args),
-        "trainer_config": {**TrainerConfig().__dict__, **({"steps": args.steps} if args.steps else {})},
+        "trainer_config": {**TrainerSettings().model_dump(mode="json"), **({"steps": args.steps} if args.steps else {})},
     }
     events = load_dataset("foursquare-nyc")
     known, _ = split_stream(events)  # block T0
@@ -205,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
         wstats, tstats = tmp / "worker.json", tmp / "trainer.json"
         try:
-            worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats)], settings,
+            worker = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats)], settings,
                             tmp / "worker.log")
             # 1. throughput: a trainer with no automatic trigger and a fine-tune that outlasts the measurement
-            trainer = _spawn(["-m", "stream.trainer.process", "--checkpoint", str(initial), "--stats-file", str(tstats),
+            trainer = _spawn(["trainer", "--checkpoint", str(initial), "--stats-file", str(tstats),
                               "--every-events", "100000000", "--min-new-events", "1000", "--steps", "100000",
                               "--tolerance", "1.0", "--no-drift"], settings, tmp / "trainer-1.log")
             _wait("worker and trainer", lambda: wstats.exists() and tstats.exists(), 120)
@@ -227,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # 2. latency with the default fine-tune budget
             steps = ["--steps", str(args.steps)] if args.steps else []
-            trainer = _spawn(["-m", "stream.trainer.process", "--stats-file", str(tstats), "--every-events", "100000000",
+            trainer = _spawn(["trainer", "--stats-file", str(tstats), "--every-events", "100000000",
                               "--min-new-events", "1000", "--tolerance", "1.0", "--no-drift", *steps], settings,
                              tmp / "trainer-2.log")
             stop_flow = threading.Event()
@@ -262,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_process(trainer)
             stop_process(worker)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(args.out, res, markdown)
     return 0
 
 

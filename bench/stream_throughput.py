@@ -28,21 +28,18 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from _common import RESULTS, ROOT, LoadSampler, machine_info, write_results  # isort: skip - bench/ is on the path
+
 DEFAULT_CONFIGS = (
     "",  # the defaults
     "--length-buckets 3",
@@ -88,51 +85,11 @@ def agent_main(mode: str, bootstrap: str, topic: str, app_id: str, n: int, out: 
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform()}
-
-
-class LoadSampler:
-    """Samples the 1-minute load average every few seconds in a background thread."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-
-    def _run(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self) -> LoadSampler:
-        self.samples.append(os.getloadavg()[0])
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict[str, float]:
-        s = self.samples or [0.0]
-        return {"min": min(s), "mean": sum(s) / len(s), "max": max(s)}
-
-
 def stop(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM, then SIGKILL after 30 s: never leave a worker behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from stream.cli.procs import stop_process
+
+    stop_process(proc, grace=30.0)
 
 
 def wait_for(pred: Any, proc: subprocess.Popen[Any], timeout: float, what: str, log: Path) -> None:
@@ -165,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.data import load_dataset
     from models.hail import HAIL, HailConfig
     from models.vocab import ItemVocab
+    from stream.cli.procs import hailstream_argv
     from stream.cli.replay import replay
     from stream.kafka.broker import EmbeddedBroker
     from stream.kafka.topics import changelog_topic, ensure_topics
@@ -180,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backlog = events.head(n)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": machine(), "events": n, "model": "HAIL 2x SASRec, hidden 64, 2 layers, max_len 50, "
+        "machine": machine_info(), "events": n, "model": "HAIL 2x SASRec, hidden 64, 2 layers, max_len 50, "
         f"{vocab.rows - 1} items (full ranking), torch threads 1", "rates": {}, "workers": {},
     }
 
@@ -228,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = n if paced_rate is None else args.latency_events
             with logf.open("w") as lf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(ckpt), "--stats", str(stats_path), *flags.split()],
+                    [*hailstream_argv(), "worker", "--checkpoint", str(ckpt), "--stats-file", str(stats_path), *flags.split()],
                     env=env, stdout=lf, stderr=subprocess.STDOUT, cwd=tmp,
                 )
                 try:
@@ -277,10 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def demo_start(ckpt: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Spawn ``hailstream demo --checkpoint X`` (embedded broker) and time its first prediction."""
+    from stream.cli.procs import hailstream_argv
+
     summary_path = tmp / "demo-summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "stream.cli", "demo", "--checkpoint", str(ckpt), "--limit", str(args.demo_limit),
+    cmd = [*hailstream_argv(), "demo", "--checkpoint", str(ckpt), "--limit", str(args.demo_limit),
            "--summary-json", str(summary_path)]
     spawned = time.time()
     first_live: float | None = None
@@ -358,10 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if "" not in args.configs:
         args.configs = ["", *args.configs]
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown)
     return 0
 
 

@@ -36,8 +36,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -55,14 +53,14 @@ from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from models.vocab import ItemVocab
 from stream.cli.demo import split_stream
-from stream.settings import Settings
+from stream.settings import Settings, TrainerSettings
 from stream.snapshots import MODEL_SCORER
-from stream.trainer.learner import Learner, TrainerConfig
+from stream.trainer.learner import Learner
 from stream.worker.batch import Source, new_prequential, process_batch
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, run_header, write_results  # isort: skip - bench/ is on the path
 DATASETS = ("foursquare-nyc", "amazon-beauty")
 #: name -> (preset, fine-tuned?)
 VARIANTS = {
@@ -80,9 +78,9 @@ def architecture(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed}
 
 
-def trainer_config(args: argparse.Namespace, dataset: str) -> TrainerConfig:
+def trainer_config(args: argparse.Namespace, dataset: str) -> TrainerSettings:
     every = args.every_events or (10_000 if dataset == "foursquare-nyc" else 20_000)
-    return TrainerConfig(window=args.window, holdout=args.holdout, reservoir=args.reservoir, every_events=every,
+    return TrainerSettings(window=args.window, holdout=args.holdout, reservoir=args.reservoir, every_events=every,
                          min_new_events=min(every, 1000), steps=args.steps, lr=args.lr, batch_size=args.ft_batch,
                          seed=args.seed, item_capacity=None)
 
@@ -123,7 +121,7 @@ def replay(
     model: HAIL,
     vocab: ItemVocab,
     args: argparse.Namespace,
-    learner_config: TrainerConfig | None,
+    learner_config: TrainerSettings | None,
     with_baselines: bool,
 ) -> dict[str, Any]:
     """Replay ``stream`` through process_batch (and the Learner when ``learner_config``) after
@@ -278,23 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, torch {torch.__version__}, "
-                   f"{args.threads} torch threads",
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]) if argv is None
-                   else "main(" + " ".join(argv) + ")",
+        **run_header(argv, machine_extra=f"{args.threads} torch threads"),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir", "data_dir")},
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "datasets": {},
     }
     for dataset in args.datasets:
         results["datasets"][dataset] = run_dataset(dataset, args)
     results["wall_seconds"] = time.perf_counter() - started
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.out, results, markdown)
     return 0
 
 

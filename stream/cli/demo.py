@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,21 +87,21 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
     return path
 
 
-def trainer_flags(stream_events: int) -> list[str]:
-    """The trainer's lifecycle settings for a demo replaying ``stream_events`` events, sized so that
+def trainer_sizing(stream_events: int) -> dict[str, Any]:
+    """The trainer's lifecycle settings (flat names) for a demo replaying ``stream_events`` events, sized so that
     a fine-tune finishes within a short demo on two CPU cores: a window of a fifth of the stream
     (600..2000 events) with a tenth of it held out for the gate, a fine-tune every tenth of the
     stream (at least 500 events apart; and on every drift signal, once twice the held-out slice
     of new events arrived), 60 steps of 32 windows at learning rate 0.003: enough to relearn renamed items within
     a few fine-tunes (``--drift``), while the gate rejects candidates that would be worse.
 
-    >>> trainer_flags(10_000)[:6]
-    ['--window', '2000', '--holdout', '200', '--reservoir', '200']
+    >>> sorted(trainer_sizing(10_000).items())[:3]
+    [('trainer_batch_size', 32), ('trainer_every_events', 1000), ('trainer_holdout', 200)]
     """
     window = min(2000, max(600, stream_events // 5))
-    return ["--window", str(window), "--holdout", str(max(100, window // 10)), "--reservoir", str(window // 10),
-            "--every-events", str(max(500, stream_events // 10)), "--min-new-events", str(max(100, window // 6)),
-            "--steps", "60", "--batch-size", "32", "--lr", "0.003"]
+    return {"trainer_window": window, "trainer_holdout": max(100, window // 10), "trainer_reservoir": window // 10,
+            "trainer_every_events": max(500, stream_events // 10), "trainer_min_new_events": max(100, window // 6),
+            "trainer_steps": 60, "trainer_batch_size": 32, "trainer_lr": 0.003}
 
 
 def check_port(bind: str, port: int, flag: str) -> None:
@@ -173,7 +173,7 @@ def run_demo(
     drift_at: int | None = None,
     drift_seed: int = DEFAULT_SEED,
     linger: float = 0.0,
-    trainer_args: Sequence[str] = (),
+    chosen: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (``complete`` is True when every event was processed).
 
@@ -181,16 +181,16 @@ def run_demo(
     replayed event ``drift_at`` on (default: the middle; :func:`stream.cli.scenario.remap_after`,
     seeded by ``drift_seed``) and, unless given, replays :data:`DRIFT_LIMIT` events at
     :data:`DRIFT_MAX_RATE` events/s; ``linger`` seconds of serving follow the replay (for
-    scrapes); ``trainer_args`` are extra ``python -m stream.trainer.process`` flags (they win over the
-    demo's own, :func:`trainer_flags`)."""
+    scrapes); the settings named in ``chosen`` (flat names the user set by flag or variable) win over
+    the demo's trainer sizing (:func:`trainer_sizing`)."""
     started = time.time()
     console = _Console(live)
     say = console.say
     if embedded is None:
         embedded = not os.environ.get(env_name("bootstrap_servers"))
-    check_port(settings.metrics_bind, settings.metrics_port, "--metrics-port")
+    check_port(settings.metrics_bind, settings.worker.metrics_port, "--metrics-port")
     if trainer:
-        check_port(settings.metrics_bind, settings.trainer_metrics_port, "--trainer-metrics-port")
+        check_port(settings.metrics_bind, settings.trainer.metrics_port, "--trainer-metrics-port")
     events = load_dataset(dataset, settings.data_dir)
     train_part, rows = split_stream(events)
     if drift:
@@ -205,7 +205,9 @@ def run_demo(
     run_dir = (Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint or demo_model(settings, dataset, train_part, epochs or DEMO_EPOCHS, say)
-    child = settings.replace(model_dir=run_dir / "models")
+    keep = set(chosen)
+    child = settings.replace(model_dir=run_dir / "models",
+                             **{k: v for k, v in trainer_sizing(len(rows)).items() if k not in keep})
     wstats_path, tstats_path = run_dir / "stats.json", run_dir / "trainer.json"
 
     with contextlib.ExitStack() as stack:
@@ -216,14 +218,13 @@ def run_demo(
             say(f"broker: embedded Tansu at {broker.bootstrap}")
         ensure_topics(settings)
         worker = stack.enter_context(child_process("worker", [
-            "-m", "stream.worker.process", "--checkpoint", str(ckpt), "--stats", str(wstats_path),
+            "worker", "--checkpoint", str(ckpt), "--stats-file", str(wstats_path),
             "--datadir", str(run_dir / "faust"), "--timeline", str(run_dir / TIMELINE_FILE)], child, run_dir))
         say(f"worker: pid {worker.pid}, log {run_dir / 'worker.log'}")
         procs = {"worker": worker}
         if trainer:
             procs["trainer"] = stack.enter_context(child_process("trainer", [
-                "-m", "stream.trainer.process", "--checkpoint", str(ckpt), "--stats-file", str(tstats_path),
-                *trainer_flags(len(rows)), *trainer_args], child, run_dir))
+                "trainer", "--checkpoint", str(ckpt), "--stats-file", str(tstats_path)], child, run_dir))
             say(f"trainer: pid {procs['trainer'].pid}, log {run_dir / 'trainer.log'}, model store {child.model_dir}")
         if at is not None:
             say(f"drift: item ids are remapped (seed {drift_seed}) from replayed event {at:,} of {len(rows):,}, "

@@ -1,4 +1,5 @@
-"""The ``hailstream`` command line. Thin: parse flags, build Settings, call one function per command.
+"""The ``hailstream`` command line. Thin: one parser per command (every setting is a flag there, see
+:mod:`stream.cli.flags`), build the one :class:`~stream.settings.Settings`, call one function.
 
 Errors of the project (``ModelsError``, ``StreamError``) end the command with exit status 2 and one line
 that says what to do, never a traceback.
@@ -14,18 +15,16 @@ from typing import Any
 
 from models.errors import ModelsError
 from models.presets import MODELS
+from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.errors import StreamError
+from stream.settings import Settings, settings_fields
+
+#: Settings the demo sets itself, per run directory (not flags of ``hailstream demo``).
+DEMO_OWN = ("checkpoint", "stats_file", "timeline", "datadir", "trainer_checkpoint", "trainer_stats_file")
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
-    from stream.settings import Settings
-
-    overrides = {k: v for k, v in extra.items() if v is not None}
-    if getattr(args, "bootstrap_servers", None):
-        overrides["bootstrap_servers"] = args.bootstrap_servers
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = args.data_dir
-    return Settings.from_env(**overrides)
+    return settings_from_args(args, **extra)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -93,8 +92,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker.process import run_worker
 
     settings = _settings(args)
-    run_worker(settings, Path(args.checkpoint), stats_path=Path(args.stats_file) if args.stats_file else None,
-               timeline_path=Path(args.timeline) if args.timeline else None)
+    if settings.worker.checkpoint is None:
+        raise StreamError("hailstream worker needs the model to serve: --checkpoint PATH (or HAILSTREAM_CHECKPOINT)")
+    run_worker(settings)
     return 0
 
 
@@ -106,11 +106,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shlex
-
     from stream.cli.demo import run_demo
 
-    settings = _settings(args, metrics_port=args.metrics_port, trainer_metrics_port=args.trainer_metrics_port)
+    settings = _settings(args)
+    # what the user chose (a flag, or a variable set to another value than the default) wins over
+    # the demo's trainer sizing
+    now, defaults = settings.flat(), Settings().flat()
+    chosen = {n for n in settings_fields() if getattr(args, n, None) is not None or now[n] != defaults[n]}
     summary = run_demo(
         settings,
         dataset=args.dataset,
@@ -126,22 +128,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         drift_at=args.drift_at,
         drift_seed=args.drift_seed,
         linger=args.linger,
-        trainer_args=shlex.split(args.trainer_args or ""),
+        chosen=chosen,
     )
     return 0 if summary.get("complete", False) else 1
 
 
 def _cmd_trainer(args: argparse.Namespace) -> int:
-    from stream.trainer.process import trainer_command
+    from stream.trainer.process import run_trainer
 
-    return trainer_command(_settings(args, model_dir=args.model_dir), args)
+    run_trainer(_settings(args))
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from stream.cli.model_admin import models_command
 
-    print(models_command(_settings(args, model_dir=args.model_dir), args.action, args.version,
-                         announce=not args.no_announce))
+    print(models_command(_settings(args), args.action, args.version, announce=not args.no_announce))
     return 0
 
 
@@ -150,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, kafka: bool = False) -> None:
-        sp.add_argument("--data-dir", help="folder holding foursquare_nyc/ and amazon_beauty/ (default ../shared/data)")
         if kafka:
-            sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env HAILSTREAM_BOOTSTRAP_SERVERS)")
+            add_settings_flags(sp, ["shared"])
+        else:
+            add_settings_flags(sp, ["shared"], only=["data_dir"])
 
     t = sub.add_parser("train", help="train a model offline and write a checkpoint")
     common(t)
@@ -201,32 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--delete", action="store_true")
     tp.set_defaults(func=_cmd_topics)
 
-    w = sub.add_parser("worker", help="run the Faust worker")
-    common(w, kafka=True)
-    w.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors)")
-    w.add_argument("--stats-file", help="write live counters as JSON to this file every second")
-    w.add_argument("--timeline", help="append the run's timeline (JSON lines) here, for `hailstream report`")
+    w = sub.add_parser("worker", help="run the Faust worker (needs --checkpoint)")
+    add_settings_flags(w, ["shared", "worker"])
     w.set_defaults(func=_cmd_worker)
 
     tr = sub.add_parser("trainer", help="run the incremental trainer: fine-tune on the stream, gate, promote, announce")
-    common(tr, kafka=True)
-    tr.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
-    from stream.trainer.config import add_trainer_arguments
-
-    add_trainer_arguments(tr)
+    add_settings_flags(tr, ["shared", "trainer"])
     tr.set_defaults(func=_cmd_trainer)
 
     ms = sub.add_parser("models", help="list the model store's versions, promote one, or roll back the live one")
     common(ms, kafka=True)
     ms.add_argument("action", choices=("list", "promote", "rollback"))
     ms.add_argument("version", nargs="?", type=int, help="version number to promote (3 for v3)")
-    ms.add_argument("--model-dir", help="the model store (env HAILSTREAM_MODEL_DIR)")
     ms.add_argument("--no-announce", action="store_true",
                     help="do not tell running workers on the model-updates topic (they read the store on restart)")
     ms.set_defaults(func=_cmd_models)
 
     d = sub.add_parser("demo", help="one command: embedded broker + HAIL + worker + replay, live view, summary")
-    common(d, kafka=True)
+    add_settings_flags(d, ["shared", "worker", "trainer"], trainer_prefix="trainer_", skip=DEMO_OWN)
     d.add_argument("--dataset", default="foursquare-nyc", choices=("foursquare-nyc", "amazon-beauty"))
     d.add_argument("--limit", type=int, help="replay only the first N events after the training block")
     d.add_argument("--checkpoint", help="serve this checkpoint instead of training one")
@@ -242,12 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--drift-seed", type=int, default=7, help="seed of the item permutation (default 7)")
     d.add_argument("--linger", type=float, default=0.0,
                    help="keep the worker and trainer serving (and /metrics scrapable) SECONDS after the replay")
-    d.add_argument("--metrics-port", type=int,
-                   help="worker /metrics port on 127.0.0.1 (env HAILSTREAM_METRICS_PORT, default 9464; 0 = any free)")
-    d.add_argument("--trainer-metrics-port", type=int,
-                   help="trainer /metrics port (env HAILSTREAM_TRAINER_METRICS_PORT, default 9465; 0 = any free)")
-    d.add_argument("--trainer-args", help='extra trainer flags, e.g. "--steps 50 --tolerance 0.01" '
-                                          "(see hailstream trainer --help)")
     d.set_defaults(func=_cmd_demo)
 
     rp = sub.add_parser("report", help="plot a run's timeline (windowed HR@10, drift, model versions) as a PNG")

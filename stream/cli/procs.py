@@ -1,5 +1,6 @@
-"""Child processes of hailstream: ``python -m stream.worker.app`` / ``stream.trainer.process`` started with a
-:class:`~stream.settings.Settings` in their environment, and stopped by PID with a grace period.
+"""Child processes of hailstream: ``hailstream worker`` / ``hailstream trainer`` (the command a user
+types, :func:`spawn_hailstream`) started with a :class:`~stream.settings.Settings` in their
+environment, and stopped by PID with a grace period.
 
 Used by the demo, the lifecycle benchmark and the integration tests, so that every one of them
 hands settings over and stops a worker the same way (SIGTERM, wait, then SIGKILL: a Faust worker
@@ -50,6 +51,27 @@ def spawn_python(
             out.close()  # type: ignore[union-attr]
 
 
+def hailstream_argv() -> list[str]:
+    """How to run the ``hailstream`` command of this interpreter: its console script when it sits
+    beside ``sys.executable`` (an installed environment), else ``python -m stream.cli``."""
+    script = Path(sys.executable).with_name("hailstream")
+    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "stream.cli"]
+
+
+def spawn_hailstream(
+    argv: Sequence[str], settings: Settings, log: Path | None, *, cwd: Path | None = None, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """``hailstream <argv>`` (e.g. ``["worker", "--checkpoint", path]``) with :func:`child_env`; see
+    :func:`spawn_python`."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
+    try:
+        return subprocess.Popen([*hailstream_argv(), *argv], cwd=cwd, env=child_env(settings), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=new_session)
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = STOP_GRACE) -> None:
     """SIGTERM, wait ``grace`` seconds, then SIGKILL; no-op for None or a finished process."""
     if proc is None or proc.poll() is not None:
@@ -64,9 +86,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = STOP_GRACE
 
 @contextlib.contextmanager
 def child_process(name: str, argv: Sequence[str], settings: Settings, run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """:func:`spawn_python` in its own session with its output in ``<run_dir>/<name>.log``,
-    stopped (:func:`stop_process`) when the block ends, however it ends."""
-    proc = spawn_python(argv, settings, run_dir / f"{name}.log", new_session=True)
+    """:func:`spawn_hailstream` (``argv`` = the command and its flags) in its own session with its
+    output in ``<run_dir>/<name>.log``, stopped (:func:`stop_process`) when the block ends, however
+    it ends."""
+    proc = spawn_hailstream(argv, settings, run_dir / f"{name}.log", new_session=True)
     try:
         yield proc
     finally:

@@ -3,8 +3,8 @@ promote), the training window and the versioned model store."""
 
 from stream._lazy import lazy_exports
 
-__all__ = ["run_trainer", "TrainerRuntime", "Learner", "TrainingWindow", "ModelStore", "TrainerConfig"]
+__all__ = ["run_trainer", "TrainerRuntime", "Learner", "TrainingWindow", "ModelStore", "open_learner"]
 __getattr__ = lazy_exports(__name__, {
-    "run_trainer": "process", "TrainerRuntime": "process", "Learner": "learner",
-    "TrainingWindow": "window", "ModelStore": "model_store", "TrainerConfig": "config",
+    "run_trainer": "process", "TrainerRuntime": "runtime", "Learner": "learner",
+    "TrainingWindow": "window", "ModelStore": "model_store", "open_learner": "process",
 })

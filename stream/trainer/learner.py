@@ -30,7 +30,7 @@ streaming benchmark runs in-process on a replayed event sequence (same code, sam
 >>> torch.manual_seed(0) and None
 >>> vocab = ItemVocab(["a", "b", "c"])
 >>> model = HAIL(HailConfig(hidden=8, layers=1, max_len=5, dropout=0.0), vocab.rows)
->>> cfg = TrainerConfig(window=40, holdout=8, every_events=30, min_new_events=10, steps=5, tolerance=1.0)
+>>> cfg = TrainerSettings(window=40, holdout=8, every_events=30, min_new_events=10, steps=5, tolerance=1.0)
 >>> learner = Learner(model, vocab, "v1", 1, cfg)
 >>> for n in range(30):
 ...     _ = learner.learn_one(f"u{n % 3}", "abcd"[n % 4])
@@ -59,7 +59,7 @@ from models.trainer import fine_tune, left_pad, make_windows
 from models.vocab import ItemVocab
 from stream.errors import StreamError
 from stream.messages import version_label
-from stream.trainer.config import TrainerConfig
+from stream.settings import TrainerSettings
 from stream.trainer.model_store import ModelStore
 from stream.trainer.window import TrainingWindow
 from stream.worker.recommender import OnlineRecommender
@@ -161,11 +161,11 @@ class Learner:
         vocab: ItemVocab,
         version: str,
         number: int,
-        config: TrainerConfig | None = None,
+        config: TrainerSettings | None = None,
         store: ModelStore | None = None,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = cfg = config or TrainerConfig()
+        self.config = cfg = config or TrainerSettings()
         self.store = store
         self._now = now
         model.eval()

@@ -42,7 +42,7 @@ def fetch_wait_ms(settings: Settings) -> int:
     >>> fetch_wait_ms(Settings(batch_timeout=0.05))
     50
     """
-    return int(round(1000 * min(max(settings.batch_timeout, 0.01), 0.5)))
+    return int(round(1000 * min(max(settings.worker.batch_timeout, 0.01), 0.5)))
 
 
 def tune_fetch_wait(app: faust.App, ms: int) -> bool:
@@ -79,9 +79,9 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         consumer_auto_offset_reset="earliest",
         producer_linger=PRODUCER_LINGER_S,
         web_enabled=False,
-        web_bind=settings.web_bind,
-        web_port=settings.web_port,
-        web_host=settings.web_bind,
+        web_bind=settings.worker.web_bind,
+        web_port=settings.worker.web_port,
+        web_host=settings.worker.web_bind,
         store="memory://",
         datadir=str(datadir) if datadir is not None else tempfile.mkdtemp(prefix="hailstream-faust-"),
         key_serializer="raw",
@@ -138,7 +138,7 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         loop = asyncio.get_running_loop()
         # take_events (not take) keeps each message's topic/partition/offset; it is defined on the
         # concrete Stream only, hence the cast.
-        batches = cast("faust.Stream[Any]", stream).take_events(settings.batch_size, within=settings.batch_timeout)
+        batches = cast("faust.Stream[Any]", stream).take_events(settings.worker.batch_size, within=settings.worker.batch_timeout)
         async for events in batches:
             batch = [Source.of(e.message) for e in events]
             if runtime.executor is None:

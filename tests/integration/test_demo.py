@@ -6,7 +6,6 @@ real Prometheus scraping it, in tests/ops/test_demo_prometheus.py."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,10 @@ from models.checkpoint import save_checkpoint
 from models.data import load_dataset
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
+from stream.cli.procs import hailstream_argv
+from tests.data import needs_nyc
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 
 def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
@@ -28,7 +29,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     summary_path = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo", "--limit", "600", "--checkpoint", str(ckpt),
+        [*hailstream_argv(), "demo", "--limit", "600", "--checkpoint", str(ckpt),
          "--summary-json", str(summary_path), "--metrics-port", "0", "--trainer-metrics-port", "0"],
         cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=240,
     )

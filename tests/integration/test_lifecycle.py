@@ -31,21 +31,21 @@ from models.data import load_dataset
 from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.cli.procs import spawn_python, stop_process
+from stream.cli.procs import spawn_hailstream, stop_process
 from stream.cli.replay import replay
 from stream.kafka.clients import make_producer
 from stream.messages import CONTROL_KEY, ModelAnnouncement, drift_message, parse_control, version_number
 from stream.observe.metrics import Metrics, declared_families
 from stream.records import Prediction
-from stream.settings import Settings
+from stream.settings import Settings, TrainerSettings
 from stream.snapshots import read_stats
-from stream.trainer.learner import TrainerConfig
 from stream.trainer.model_store import ModelStore
 from stream.trainer.process import TrainerRuntime, open_learner
+from tests.data import needs_nyc
 from tests.fakes import scrambling_fine_tune
 from tests.integration.conftest import read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_ON = 2000
@@ -68,7 +68,7 @@ def initial(events: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return spawn_python(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
+    return spawn_hailstream(args, settings.replace(log_level="INFO"), log, cwd=ROOT)
 
 
 def _wait(what: str, check: Callable[[], Any], procs: list[tuple[subprocess.Popen[bytes], Path]],
@@ -131,11 +131,11 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
     settings = lifecycle_settings
     wstats, tstats = tmp_path / "worker.json", tmp_path / "trainer.json"
     wlog, tlog = tmp_path / "worker.log", tmp_path / "trainer.log"
-    trainer = _spawn(["-m", "stream.trainer.process", "--checkpoint", str(initial), "--stats-file", str(tstats),
+    trainer = _spawn(["trainer", "--checkpoint", str(initial), "--stats-file", str(tstats),
                       "--every-events", "600", "--min-new-events", "300", "--window", "1500", "--holdout", "150",
                       "--reservoir", "200", "--steps", "8", "--batch-size", "32", "--tolerance", "1.0"],
                      settings, tlog)
-    worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats),
+    worker = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats),
                      "--baseline-sample-every", "5"], settings, wlog)
     procs = [(trainer, tlog), (worker, wlog)]
     worker2: subprocess.Popen[bytes] | None = None
@@ -196,7 +196,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         latest = ModelStore(settings.model_dir).latest_promoted()
         assert latest is not None and latest.label == live
         wstats.unlink()
-        worker2 = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats),
+        worker2 = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats),
                           "--no-baselines"], settings, wlog)
         procs = [(worker2, wlog)]
         _wait("the restarted worker", wstats.exists, procs)
@@ -221,11 +221,11 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
     settings = lifecycle_settings
 
     monkeypatch.setattr(learner_mod, "fine_tune", scrambling_fine_tune)
-    config = TrainerConfig(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0)
+    config = TrainerSettings(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0)
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
     wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"
-    worker = _spawn(["-m", "stream.worker.process", "--checkpoint", str(initial), "--stats", str(wstats), "--no-baselines"],
+    worker = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats), "--no-baselines"],
                     settings, wlog)
     procs = [(worker, wlog)]
     thread.start()

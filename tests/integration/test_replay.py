@@ -12,8 +12,9 @@ from models.data import load_dataset
 from stream.cli.replay import block_rows, generate_load, replay, run_replay
 from stream.records import parse_interaction
 from stream.settings import Settings
+from tests.data import needs_nyc
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 N = 2000
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +17,15 @@ from models.data import load_dataset
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
 from stream.cli.main import main as cli_main
-from stream.cli.procs import child_env
+from stream.cli.procs import child_env, hailstream_argv
 from stream.cli.replay import replay
 from stream.kafka.topics import changelog_topic, ensure_topics
 from stream.observe.timeline import read_timeline
 from stream.settings import Settings
 from stream.snapshots import MODEL_SCORER, read_stats
+from tests.data import needs_nyc
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 300
@@ -50,7 +50,7 @@ def test_worker_with_timeline_flag_records_points_and_report_draws_them(
     env = {**child_env(settings.replace(log_level="WARNING")), "PYTHONPATH": str(ROOT)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(checkpoint), "--stats", str(stats),
+            [*hailstream_argv(), "worker", "--checkpoint", str(checkpoint), "--stats-file", str(stats),
              "--timeline", str(run / "timeline.jsonl"), "--timeline-every", str(EVERY)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -29,7 +28,7 @@ from models.hail import HailConfig
 from models.metrics import topk_metrics
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.cli.procs import child_env
+from stream.cli.procs import child_env, hailstream_argv
 from stream.cli.replay import replay
 from stream.kafka.clients import make_producer
 from stream.kafka.topics import changelog_topic, delete_topics, ensure_topics
@@ -37,9 +36,10 @@ from stream.records import Prediction
 from stream.settings import Settings
 from stream.snapshots import MODEL_SCORER, read_stats
 from stream.worker.batch import replay_states
+from tests.data import needs_nyc
 from tests.integration.conftest import read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 3000  # valid events in the first run
@@ -111,7 +111,7 @@ def _is_loopback(hex_addr: str) -> bool:
 def _start_worker(settings: Settings, checkpoint: Path, stats: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "stream.worker.process", "--checkpoint", str(checkpoint), "--stats", str(stats)],
+            [*hailstream_argv(), "worker", "--checkpoint", str(checkpoint), "--stats-file", str(stats)],
             cwd=ROOT, env=_env(settings), stdout=out, stderr=subprocess.STDOUT,
         )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,11 +27,12 @@ from models.data import load_dataset
 from models.hail import HailConfig
 from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
-from stream.cli.procs import child_env
+from stream.cli.procs import child_env, hailstream_argv
 from stream.kafka.clients import make_producer
 from stream.kafka.topics import delete_topics
 from stream.observe.metrics import Metrics, declared_metric_names
 from stream.observe.timeline import TIMELINE_FILE, read_timeline
+from tests.data import needs_nyc
 from tests.ops.prom_helpers import (
     DASHBOARDS,
     MISSING_PROMETHEUS,
@@ -46,7 +46,7 @@ from tests.ops.prom_helpers import (
     metric_names,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_nyc]
 
 broker = integration.broker  # the session's embedded broker (tests/integration/conftest.py)
 
@@ -93,12 +93,12 @@ def test_every_dashboard_query_returns_data_from_a_real_demo(
     wport, tport = free_port(), free_port()
     summary_path = tmp_path / "summary.json"
     env = {**child_env(settings), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "stream.cli", "demo", "--drift", "--drift-at", str(DRIFT_AT), "--limit", str(LIMIT),
+    cmd = [*hailstream_argv(), "demo", "--drift", "--drift-at", str(DRIFT_AT), "--limit", str(LIMIT),
            "--max-rate", str(RATE), "--checkpoint", str(tiny_checkpoint), "--bootstrap-servers", broker,
            "--metrics-port", str(wport), "--trainer-metrics-port", str(tport), "--linger", str(LINGER),
            "--summary-json", str(summary_path), "--quiet",
            # the gate promotes every candidate, so the run always has a version change to show
-           "--trainer-args", "--tolerance 1"]
+           "--trainer-tolerance", "1"]
     log = tmp_path / "demo.log"
     with PrometheusServer({"hailstream-worker": [f"127.0.0.1:{wport}"],
                            "hailstream-trainer": [f"127.0.0.1:{tport}"]}, scrape_interval="1s") as prom:

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from models.data import DEFAULT_DATA_DIR
 from stream.errors import SettingsError
-from stream.settings import Settings, env_name
+from stream.settings import Settings, TrainerSettings, WorkerSettings, env_name, settings_fields
 
 SASL = {
     "HAILSTREAM_SECURITY_PROTOCOL": "sasl_plaintext",
@@ -23,9 +23,10 @@ def test_defaults_match_the_shared_interface() -> None:
     assert s.predictions_topic == "hailstream.predictions"
     assert s.dead_letter_topic == "hailstream.dead-letter"
     assert s.model_updates_topic == "hailstream.model-updates"
-    assert (s.partitions, s.top_k, s.max_seq_len, s.batch_size) == (4, 10, 50, 256)
-    assert s.batch_timeout == 0.05 and s.max_message_bytes == 65536
-    assert (s.web_bind, s.web_port, s.metrics_bind, s.metrics_port) == ("127.0.0.1", 6066, "127.0.0.1", 9464)
+    assert (s.partitions, s.top_k, s.max_seq_len, s.worker.batch_size) == (4, 10, 50, 256)
+    assert s.worker.batch_timeout == 0.05 and s.max_message_bytes == 65536
+    assert (s.worker.web_bind, s.worker.web_port, s.metrics_bind, s.worker.metrics_port) == ("127.0.0.1", 6066, "127.0.0.1", 9464)
+    assert s.trainer == TrainerSettings() and s.trainer.metrics_port == 9465 and s.worker == WorkerSettings()
     assert s.data_dir == DEFAULT_DATA_DIR and s.model_dir == Path("./hailstream-models")
     assert s.security_protocol == "PLAINTEXT" and s.log_level == "INFO"
 
@@ -43,20 +44,38 @@ def test_every_field_reads_its_env_var_with_type_conversion() -> None:
     s = Settings.from_env(env)
     assert s.bootstrap_list == ["k1:9092", "k2:9093"]
     assert s.partitions == 8 and isinstance(s.partitions, int)
-    assert s.batch_timeout == 0.25
+    assert s.worker.batch_timeout == 0.25
     assert s.model_dir == Path("/tmp/models") and s.ssl_cafile == Path("/etc/ca.pem")
     assert s.log_level == "DEBUG" and s.app_id == "demo"
 
 
 def test_env_names_cover_all_fields() -> None:
-    for f in dataclasses.fields(Settings):
-        assert env_name(f.name) == "HAILSTREAM_" + f.name.upper()
+    fields = settings_fields()
+    for name in Settings.model_fields:
+        if name not in ("worker", "trainer"):
+            assert fields[name] == (None, name, Settings.model_fields[name]) and env_name(name) == "HAILSTREAM_" + name.upper()
+    for name in WorkerSettings.model_fields:
+        assert fields[name][:2] == ("worker", name) and env_name(name) == "HAILSTREAM_" + name.upper()
+    for name in TrainerSettings.model_fields:
+        assert fields["trainer_" + name][:2] == ("trainer", name)
+        assert env_name("trainer_" + name) == "HAILSTREAM_TRAINER_" + name.upper()
+
+
+def test_every_section_setting_reads_its_env_var() -> None:
+    env = {"HAILSTREAM_TRAINER_STEPS": "7", "HAILSTREAM_TRAINER_EVERY_EVENTS": "none", "HAILSTREAM_BASELINES": "off",
+           "HAILSTREAM_TRAINER_METRICS_PORT": "0", "HAILSTREAM_CHECKPOINT": "/m.safetensors", "HAILSTREAM_THREADS": "2"}
+    s = Settings.from_env(env)
+    assert s.trainer.steps == 7 and s.trainer.every_events is None and s.trainer.metrics_port == 0
+    assert s.worker.baselines is False and s.worker.checkpoint == Path("/m.safetensors") and s.worker.threads == 2
+    assert s.trainer.threads == 1  # the worker's HAILSTREAM_THREADS is not the trainer's
+    with pytest.raises(SettingsError, match="HAILSTREAM_TRAINER_STEPS"):
+        Settings.from_env({"HAILSTREAM_TRAINER_STEPS": "many"})
 
 
 def test_overrides_win_and_none_means_not_given() -> None:
     env = {"HAILSTREAM_TOP_K": "20", "HAILSTREAM_PARTITIONS": "2"}
     s = Settings.from_env(env, top_k=5, partitions=None, web_port="7000")
-    assert s.top_k == 5 and s.partitions == 2 and s.web_port == 7000
+    assert s.top_k == 5 and s.partitions == 2 and s.worker.web_port == 7000
 
 
 def test_empty_env_value_is_unset() -> None:
@@ -107,9 +126,10 @@ def test_unknown_override_is_an_error() -> None:
 
 def test_frozen_and_replace_revalidates() -> None:
     s = Settings()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         s.partitions = 3  # type: ignore[misc]
     assert s.replace(partitions=3).partitions == 3
+    assert s.replace(batch_size=8, trainer_steps=2).worker.batch_size == 8 and s.replace(trainer_steps=2).trainer.steps == 2
     with pytest.raises(SettingsError):
         s.replace(partitions=0)
 

@@ -7,6 +7,7 @@ import pytest
 
 from models.data import load_dataset
 from stream.cli.main import main
+from tests.data import needs_nyc
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,7 @@ def small_csv(tmp_path_factory):
     return path
 
 
+@needs_nyc
 def test_train_then_evaluate_round_trip(small_csv, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--dataset", str(small_csv), "--model", "hail", "--peers", "2", "--epochs", "2",
@@ -37,6 +39,7 @@ def test_train_then_evaluate_round_trip(small_csv, tmp_path, capsys):
     assert {"popularity", "markov", "user-frequency"} <= set(rows)
 
 
+@needs_nyc
 def test_evaluate_on_another_dataset_is_refused(small_csv, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(small_csv), "--model", "sasrec", "--epochs", "1", "--hidden", "8",
@@ -52,10 +55,12 @@ def test_evaluate_on_another_dataset_is_refused(small_csv, tmp_path, capsys):
     ("argv", "message"),
     [
         (["train", "--dataset", "no-such-data", "--out", "x"], "use foursquare-nyc, amazon-beauty"),
-        (["train", "--dataset", "foursquare-nyc", "--model", "hail", "--peers", "1", "--out", "x"], "--peers must be >= 2"),
-        (["evaluate", "missing.safetensors", "--dataset", "foursquare-nyc"], "missing.safetensors"),
-        (["replay", "--dataset", "foursquare-nyc", "--bootstrap-servers", "127.0.0.1:1", "--limit", "1"],
-         "HAILSTREAM_BOOTSTRAP_SERVERS"),
+        pytest.param(["train", "--dataset", "foursquare-nyc", "--model", "hail", "--peers", "1", "--out", "x"],
+                     "--peers must be >= 2", marks=needs_nyc),
+        pytest.param(["evaluate", "missing.safetensors", "--dataset", "foursquare-nyc"], "missing.safetensors",
+                     marks=needs_nyc),
+        pytest.param(["replay", "--dataset", "foursquare-nyc", "--bootstrap-servers", "127.0.0.1:1", "--limit", "1"],
+                     "HAILSTREAM_BOOTSTRAP_SERVERS", marks=needs_nyc),
     ],
 )
 def test_errors_exit_2_with_a_hint(argv, message, capsys):
@@ -64,6 +69,7 @@ def test_errors_exit_2_with_a_hint(argv, message, capsys):
     assert err.startswith(f"hailstream {argv[0]}: error:") and message in err
 
 
+@needs_nyc
 def test_not_a_checkpoint_is_refused(tmp_path, capsys):
     fake = tmp_path / "model.safetensors"
     fake.write_bytes(np.arange(100, dtype=np.int64).tobytes())

@@ -3,17 +3,17 @@ say about a run, from stats files and a timeline shaped like the real ones (no p
 
 from __future__ import annotations
 
-import argparse
 import socket
 from typing import Any
 
 import pytest
 
-from stream.cli.demo import check_port, trainer_flags
+from stream.cli.demo import check_port, trainer_sizing
 from stream.cli.demo_view import RunView, drift_report, format_summary, live_line, summarize
+from stream.cli.flags import settings_from_args
 from stream.cli.main import build_parser
 from stream.errors import StreamError
-from stream.trainer.config import add_trainer_arguments, config_from_args
+from stream.settings import Settings
 
 
 def _point(events: int, hr: float, uf: float, version: str, t: float = 0.0) -> dict[str, Any]:
@@ -110,10 +110,8 @@ def test_run_view_reports_each_piece_of_news_once() -> None:
 
 
 @pytest.mark.parametrize("n", [100, 600, 4000, 10_000, 100_000])
-def test_demo_trainer_flags_are_valid_trainer_settings(n: int) -> None:
-    ap = argparse.ArgumentParser()
-    add_trainer_arguments(ap)
-    cfg = config_from_args(ap.parse_args(trainer_flags(n)))
+def test_demo_trainer_sizing_is_valid_trainer_settings(n: int) -> None:
+    cfg = Settings(**trainer_sizing(n)).trainer
     assert 0 < cfg.holdout < cfg.window <= 2000 and cfg.every_events is not None and cfg.on_drift
 
 
@@ -128,6 +126,7 @@ def test_a_taken_metrics_port_fails_early_saying_which_flag() -> None:
 
 def test_demo_flags() -> None:
     args = build_parser().parse_args(["demo", "--drift-at", "300", "--no-trainer", "--linger", "5", "--metrics-port",
-                                      "0", "--trainer-args", "--steps 5 --tolerance 1"])
-    assert (args.drift_at, args.no_trainer, args.linger, args.metrics_port) == (300, True, 5.0, 0)
-    assert args.trainer_args == "--steps 5 --tolerance 1" and args.drift is False and args.drift_seed == 7
+                                      "0", "--trainer-steps", "5", "--trainer-tolerance", "1"])
+    s = settings_from_args(args, env={})
+    assert (args.drift_at, args.no_trainer, args.linger, s.worker.metrics_port) == (300, True, 5.0, 0)
+    assert (s.trainer.steps, s.trainer.tolerance) == (5, 1.0) and args.drift is False and args.drift_seed == 7

@@ -9,6 +9,7 @@ from models.data import load_dataset
 from stream.cli.demo import split_stream
 from stream.cli.scenario import drift_position, item_permutation, remap_after
 from stream.errors import SettingsError
+from tests.data import needs_nyc
 
 
 def test_permutation_renames_every_item_deterministically() -> None:
@@ -22,6 +23,7 @@ def test_permutation_renames_every_item_deterministically() -> None:
         item_permutation(["only"])
 
 
+@needs_nyc
 def test_remap_after_renames_only_the_rows_after_the_shift() -> None:
     ev = load_dataset("foursquare-nyc")
     _, rows = split_stream(ev)

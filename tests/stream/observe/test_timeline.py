@@ -112,7 +112,6 @@ def _event(i: int, item: str) -> Source:
 
 
 def test_the_worker_batch_code_records_points_drift_and_a_hot_swap(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     store = ModelStore(tmp_path / "models")
     store.add(_model(len(ITEMS) + 1, 0), ItemVocab(ITEMS), status="promoted")
     store.add(_model(len(ITEMS) + 1, 1), ItemVocab(ITEMS), status="promoted", parent=1)

@@ -12,8 +12,8 @@ import stream.trainer.learner as learner_mod
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
 from stream.errors import StreamError
-from stream.settings import Settings
-from stream.trainer.learner import Learner, TrainerConfig, gate_scores
+from stream.settings import Settings, TrainerSettings
+from stream.trainer.learner import Learner, gate_scores
 from stream.trainer.model_store import ModelStore
 from stream.trainer.process import open_learner
 from stream.worker.recommender import OnlineRecommender
@@ -22,20 +22,15 @@ from tests.fakes import scrambling_fine_tune
 OLD = [f"i{n}" for n in range(30)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _model(vocab: ItemVocab) -> HAIL:
     return HAIL(HailConfig(n_peers=2, hidden=16, layers=1, max_len=8, dropout=0.0), vocab.rows)
 
 
-def _config(**kw: object) -> TrainerConfig:
+def _config(**kw: object) -> TrainerSettings:
     base: dict[str, object] = dict(window=2000, holdout=100, every_events=1500, min_new_events=100, steps=100,
                                    lr=1e-2, batch_size=64)
     base.update(kw)
-    return TrainerConfig(**base)  # type: ignore[arg-type]
+    return TrainerSettings(**base)  # type: ignore[arg-type]
 
 
 class Stream:
@@ -178,14 +173,14 @@ def test_operator_requests_do_not_wait_for_drift_events() -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(StreamError, match="drift_wait"):
-        TrainerConfig(drift_wait=-1)
-    assert TrainerConfig(holdout=300).drift_events == 600 and TrainerConfig(drift_wait=0).drift_events == 0
+        TrainerSettings(drift_wait=-1)
+    assert TrainerSettings(holdout=300).drift_events == 600 and TrainerSettings(drift_wait=0).drift_events == 0
     with pytest.raises(StreamError):
-        TrainerConfig(window=100, holdout=100)
+        TrainerSettings(window=100, holdout=100)
     with pytest.raises(StreamError):
-        TrainerConfig(every_events=0)
+        TrainerSettings(every_events=0)
     with pytest.raises(StreamError):
-        TrainerConfig(gate_metric="auc")
+        TrainerSettings(gate_metric="auc")
 
 
 def test_gate_scores_counts_unknown_histories_as_misses() -> None:

@@ -10,12 +10,13 @@ import pytest
 
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
+from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.messages import ControlMessage, drift_message, model_message, parse_control, trigger_message
 from stream.observe.metrics import Metrics
-from stream.settings import Settings
-from stream.trainer.config import TrainerConfig, add_trainer_arguments, config_from_args
+from stream.settings import Settings, TrainerSettings
 from stream.trainer.model_store import ModelStore
-from stream.trainer.process import TrainerRuntime, consumer_group, open_learner
+from stream.trainer.process import open_learner
+from stream.trainer.runtime import TrainerRuntime, consumer_group
 
 
 def _runtime(tmp_path: Path, **config: object) -> TrainerRuntime:
@@ -24,7 +25,7 @@ def _runtime(tmp_path: Path, **config: object) -> TrainerRuntime:
     for seed in range(2):
         store.add(HAIL(HailConfig(hidden=8, layers=1, max_len=4, seed=seed), vocab.rows), vocab, status="promoted")
     settings = Settings.from_env({}, model_dir=tmp_path)
-    learner = open_learner(settings, TrainerConfig(**config))  # type: ignore[arg-type]
+    learner = open_learner(settings, TrainerSettings(**config))  # type: ignore[arg-type]
     return TrainerRuntime(settings, learner, metrics=Metrics(process="trainer", process_collector=False))
 
 
@@ -67,12 +68,12 @@ def test_an_operator_rollback_is_followed(tmp_path: Path) -> None:
 
 def test_command_line_flags() -> None:
     ap = argparse.ArgumentParser()
-    add_trainer_arguments(ap)
+    add_settings_flags(ap, ["shared", "trainer"])
     args = ap.parse_args(["--every-seconds", "30", "--steps", "7", "--item-capacity", "500", "--keep-rejected"])
-    cfg = config_from_args(args)
+    cfg = settings_from_args(args, env={}).trainer
     assert (cfg.every_seconds, cfg.steps, cfg.item_capacity, cfg.keep_rejected, cfg.on_drift) == (30.0, 7, 500,
                                                                                                   True, True)
-    assert cfg.every_events == TrainerConfig().every_events and args.nice == 10 and args.threads == 1
+    assert cfg.every_events == TrainerSettings().every_events and cfg.nice == 10 and cfg.threads == 1
     with pytest.raises(SystemExit):
         ap.parse_args(["--steps", "many"])
     assert consumer_group(Settings(app_id="x")) == "x-trainer"

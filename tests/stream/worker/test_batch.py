@@ -2,7 +2,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
@@ -15,7 +14,6 @@ from stream.worker.prequential import score_event
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
 from stream.worker.stats import WorkerStats
 
-torch.set_num_threads(1)
 SETTINGS = Settings(top_k=3, max_seq_len=4)
 
 

@@ -1,15 +1,12 @@
 import threading
 
 import pytest
-import torch
 
 from models.hail import HAIL, HailConfig
 from models.trainer import left_pad
 from models.vocab import ItemVocab
 from stream.errors import StreamError
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
-
-torch.set_num_threads(1)
 
 IDS = [f"i{n}" for n in range(1, 31)]
 
