@@ -1,8 +1,8 @@
 """Worker throughput while the trainer fine-tunes, and model update latency, on the real broker.
 
 Everything runs on this machine, as deployed: the embedded broker (Tansu), one worker process
-(``python -m stream.worker.app``, defaults: baselines on, 1 torch thread) and one trainer process
-(``python -m stream.trainer.process``, 1 torch thread), the model the demo serves (2-SASRec-peer HAIL preset:
+(``hailstream worker``, defaults: baselines on, 1 torch thread) and one trainer process
+(``hailstream trainer``, 1 torch thread), the model the demo serves (2-SASRec-peer HAIL preset:
 hidden 64, 2 layers, max_len 50) over the Foursquare NYC T0 vocabulary (weights untrained: neither
 measure depends on them; the gate tolerance is 1.0 so that every candidate is promoted).
 

@@ -5,7 +5,7 @@ In ONE run on the same embedded broker (Tansu) and the same backlog of Foursquar
 
 (a) a Faust agent that only iterates the events (the ceiling),
 (b) a Faust agent that sends one message per event (the naive pipeline),
-(c) the hailstream worker (``python -m stream.worker.app``) serving a 2-peer SASRec HAIL (hidden 64,
+(c) the hailstream worker (``hailstream worker``) serving a 2-peer SASRec HAIL (hidden 64,
     2 layers, max_len 50, full ranking over the whole NYC vocabulary; weights untrained: the cost
     does not depend on them), with its defaults and with the flag combinations in ``--configs``.
 

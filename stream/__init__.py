@@ -1,2 +1,2 @@
-"""hailstream.stream — everything that touches the outside world: settings, event records, the
-embedded broker, topics, the Faust worker, replay, the demo and the CLI."""
+"""hailstream.stream — everything that touches the outside world: settings, typed records (events,
+messages, snapshots) at the top; kafka/, worker/, trainer/, observe/ and cli/ below."""

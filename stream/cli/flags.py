@@ -23,6 +23,11 @@ from stream.settings import Settings, settings_fields
 from stream.settings.env import base_type, convert, env_name, type_label
 
 GROUPS = ("shared", "worker", "trainer")
+TITLES = {
+    "shared": "shared settings (flag, or environment variable HAILSTREAM_<NAME>)",
+    "worker": "worker settings (flag, or environment variable HAILSTREAM_<NAME>)",
+    "trainer": "trainer settings (flag, or environment variable HAILSTREAM_TRAINER_<NAME>)",
+}
 
 
 def _checker(flat: str, annotation: Any, flag: str) -> Callable[[str], str]:
@@ -64,10 +69,13 @@ def add_settings_flags(
     if unknown:
         raise ValueError(f"unknown settings groups {sorted(unknown)}; known: {GROUPS}")
     skipped, kept = set(skip), None if only is None else set(only)
-    group = ap.add_argument_group("settings (flag, or environment variable HAILSTREAM_<NAME>)")
+    groups_made: dict[str, argparse._ArgumentGroup] = {}
     for flat, (section, _, info) in settings_fields().items():
         if (section or "shared") not in wanted or flat in skipped or (kept is not None and flat not in kept):
             continue
+        group = groups_made.get(section or "shared")
+        if group is None:
+            group = groups_made[section or "shared"] = ap.add_argument_group(TITLES[section or "shared"])
         flag = flag_name(flat, trainer_prefix=trainer_prefix)
         default = "unset" if info.default is None else info.default
         help_text = f"{info.description or flat} (env {env_name(flat)}; default {default})".replace("%", "%%")

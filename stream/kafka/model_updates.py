@@ -1,6 +1,6 @@
 """A reader of the model-updates topic for long-running processes (worker, trainer).
 
-The topic is the log of what to serve: :class:`ControlListener` reads it *from the beginning*
+The topic is the log of what to serve: :class:`ModelUpdatesReader` reads it *from the beginning*
 (kafka-python, no consumer group, every partition assigned), so that the reader learns the
 current state without trusting ``seek_to_end`` (ListOffsets under-reports the end on some brokers,
 BROKER.md). Messages older than the reader's start ("history": before the position first reached
@@ -8,7 +8,7 @@ the fetch high watermark) and new ones ("live") are both passed to the handler, 
 each process decides: the worker applies only the newest historical model announcement, and only
 when it is newer than what it serves; the trainer ignores historical drift signals.
 
-Runs in a daemon thread (:meth:`ControlListener.start`), stopped by :meth:`ControlListener.stop`;
+Runs in a daemon thread (:meth:`ModelUpdatesReader.start`), stopped by :meth:`ModelUpdatesReader.stop`;
 a broker outage is logged and retried, never fatal.
 """
 
@@ -30,7 +30,7 @@ Handler = Callable[[ControlMessage, bool], None]
 """``handler(message, live)``: ``live`` is False for messages from before the reader caught up."""
 
 
-class ControlListener:
+class ModelUpdatesReader:
     """Reads ``settings.model_updates_topic`` from the beginning and calls ``handler`` per valid
     control message (see :mod:`stream.messages`); once the history is read, :attr:`caught_up` is set
     and ``on_caught_up()`` is called (from the reader's thread)."""
@@ -53,7 +53,7 @@ class ControlListener:
         self.messages = 0
         self.errors = 0
 
-    def start(self) -> ControlListener:
+    def start(self) -> ModelUpdatesReader:
         self._thread.start()
         return self
 
@@ -62,7 +62,7 @@ class ControlListener:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def __enter__(self) -> ControlListener:
+    def __enter__(self) -> ModelUpdatesReader:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,6 @@
 """A worker run's timeline: windowed accuracy, drift detections and model-version changes as JSON lines.
 
-The worker (``python -m stream.worker.app --timeline PATH``) feeds one :class:`Timeline` after every
+The worker (``hailstream worker --timeline PATH``) feeds one :class:`Timeline` after every
 processed batch (:meth:`Timeline.after_batch`, in the batch thread); ``hailstream report``
 (:mod:`stream.observe.report`) draws the file. One line is one record, appended and flushed at once, so a
 reader sees every record written before a crash; a worker killed mid-write leaves at most one torn

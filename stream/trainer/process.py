@@ -4,7 +4,7 @@ waits for training).
 - Consumes the interactions topic with its own consumer group (``<app_id>-trainer``; kafka-python,
   the fast session settings of BROKER.md) and feeds every valid event to a
   :class:`stream.trainer.learner.Learner` (window, reservoir, bounded vocabulary).
-- Reads the model-updates topic (:class:`stream.kafka.model_updates.ControlListener`): ``drift`` messages from
+- Reads the model-updates topic (:class:`stream.kafka.model_updates.ModelUpdatesReader`): ``drift`` messages from
   the workers and ``trigger`` messages request a fine-tune.
 - Fine-tunes in a background thread, so consumption goes on meanwhile (torch gets ``threads``
   intra-op threads, 1 by default, and the thread runs at a lower CPU priority, ``nice`` 10 by

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.kafka.clients import make_consumer, make_producer
-from stream.kafka.model_updates import ControlListener
+from stream.kafka.model_updates import ModelUpdatesReader
 from stream.messages import (
     CONTROL_KEY,
     ControlMessage,
@@ -258,7 +258,7 @@ class TrainerRuntime:
     def run(self) -> None:
         """Consume, learn, fine-tune and promote until :meth:`stop` (or SIGTERM when started by
         :func:`run_trainer`)."""
-        listener = ControlListener(self.settings, self.on_control, name="trainer-control").start()
+        listener = ModelUpdatesReader(self.settings, self.on_control, name="trainer-control").start()
         self._consumer = self._make_consumer()
         next_stats = 0.0
         try:

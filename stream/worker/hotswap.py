@@ -1,6 +1,6 @@
 """Hot-swapping the worker's model: announced versions, and the newest promoted one at start-up.
 
-:class:`HotSwapper` handles the messages of a :class:`stream.kafka.model_updates.ControlListener` (in its
+:class:`HotSwapper` handles the messages of a :class:`stream.kafka.model_updates.ModelUpdatesReader` (in its
 thread, so loading a checkpoint never blocks the event loop): a ``model`` announcement is loaded
 (checksum verified, and compared with the announced sha256) and installed with
 :meth:`stream.worker.recommender.OnlineRecommender.swap`, which is atomic: a batch runs entirely with the
@@ -59,7 +59,7 @@ class HotSwapper:
         self._lock = threading.Lock()
 
     def on_message(self, msg: ControlMessage, live: bool) -> None:
-        """:class:`~stream.kafka.model_updates.ControlListener` handler."""
+        """:class:`~stream.kafka.model_updates.ModelUpdatesReader` handler."""
         if not isinstance(msg, ModelAnnouncement):
             return
         if live:

@@ -16,7 +16,7 @@ import faust
 import torch
 
 from stream.errors import StreamError
-from stream.kafka.model_updates import ControlListener
+from stream.kafka.model_updates import ModelUpdatesReader
 from stream.kafka.topics import changelog_topic
 from stream.observe.metrics import Metrics, MetricsServer, serve_metrics
 from stream.observe.timeline import Timeline
@@ -84,7 +84,7 @@ def run_worker(
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
     metrics: Metrics | None = None
     server: MetricsServer | None = None
-    listener: ControlListener | None = None
+    listener: ModelUpdatesReader | None = None
     if operations:
         newer = newer_in_store(settings.model_dir, recommender.version)
         if newer is not None:
@@ -106,7 +106,7 @@ def run_worker(
             log.info("worker metrics on %s", server.url)
         except StreamError as e:  # predictions matter more than their monitoring: keep going
             log.error("%s; the worker runs WITHOUT a /metrics endpoint", e)
-        listener = ControlListener(settings, runtime.swapper.on_message, runtime.swapper.on_caught_up,
+        listener = ModelUpdatesReader(settings, runtime.swapper.on_message, runtime.swapper.on_caught_up,
                                    name="worker-model-updates").start()
     own_datadir = tempfile.TemporaryDirectory(prefix="hailstream-faust-") if ws.datadir is None else None
     app = make_app(settings, runtime, datadir=own_datadir.name if own_datadir is not None else ws.datadir)
