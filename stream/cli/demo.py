@@ -45,7 +45,7 @@ from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.topics import ensure_topics
 from stream.observe.timeline import TIMELINE_FILE, read_timeline
 from stream.settings import Settings, env_name
-from stream.snapshots import read_stats
+from stream.snapshots import TrainerSnapshot, WorkerSnapshot, read_trainer_snapshot, read_worker_snapshot
 
 __all__ = ["format_summary", "run_demo", "split_stream", "summarize"]
 
@@ -116,9 +116,15 @@ def check_port(bind: str, port: int, flag: str) -> None:
                               "port, or 0 to pick one") from None
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(StreamError, json.JSONDecodeError, OSError):
-        return read_stats(path)
+def _read_worker(path: Path) -> WorkerSnapshot | None:
+    with contextlib.suppress(StreamError, json.JSONDecodeError, OSError, TypeError):
+        return read_worker_snapshot(path)
+    return None
+
+
+def _read_trainer(path: Path) -> TrainerSnapshot | None:
+    with contextlib.suppress(StreamError, json.JSONDecodeError, OSError, TypeError):
+        return read_trainer_snapshot(path)
     return None
 
 
@@ -245,8 +251,8 @@ def run_demo(
         t_replay = time.time()
         threading.Thread(target=publish, name="replay", daemon=True).start()
         view = RunView()
-        wstats: dict[str, Any] = {}
-        tstats: dict[str, Any] | None = None
+        wstats = WorkerSnapshot()
+        tstats: TrainerSnapshot | None = None
         first_prediction_s = None
         last_events, last_t = 0, time.time()
         target = len(rows)
@@ -256,17 +262,17 @@ def run_demo(
             _check_alive(procs, run_dir)
             if published["error"] is not None:
                 raise StreamError(f"replay failed: {published['error']}")
-            wstats = _read(wstats_path) or wstats
-            tstats = (_read(tstats_path) or tstats) if trainer else None
+            wstats = _read_worker(wstats_path) or wstats
+            tstats = (_read_trainer(tstats_path) or tstats) if trainer else None
             for news in view.update(wstats, tstats):
                 say(news)
-            if first_prediction_s is None and wstats.get("predictions", 0) > 0:
+            if first_prediction_s is None and wstats.predictions > 0:
                 first_prediction_s = time.time() - started
             now = time.time()
-            rate = (wstats.get("events", 0) - last_events) / max(now - last_t, 1e-9)
-            last_events, last_t = wstats.get("events", 0), now
+            rate = (wstats.events - last_events) / max(now - last_t, 1e-9)
+            last_events, last_t = wstats.events, now
             console.line(live_line(wstats, tstats, target, rate))
-            if streamed_at is None and published["done"] and wstats.get("events", 0) >= target:
+            if streamed_at is None and published["done"] and wstats.events >= target:
                 streamed_at = now
                 say(f"replay: all {target:,} events processed" + (f"; serving {linger:g} s more" if linger else ""))
             if streamed_at is not None and _settled(wstats, tstats, target, now - streamed_at) and now - streamed_at >= linger:
@@ -274,15 +280,15 @@ def run_demo(
         console.done()
         for proc in reversed(list(procs.values())):
             stop_process(proc)
-        wstats = _read(wstats_path) or wstats
-        tstats = (_read(tstats_path) or tstats) if trainer else None
+        wstats = _read_worker(wstats_path) or wstats
+        tstats = (_read_trainer(tstats_path) or tstats) if trainer else None
         for news in view.update(wstats, tstats):
             say(news)
 
     timeline = _timeline(run_dir)
     summary = summarize(wstats, tstats, view.versions, timeline, {
         "dataset": dataset,
-        "complete": wstats.get("events", 0) >= len(rows),
+        "complete": wstats.events >= len(rows),
         "published": published["n"],
         "wall_seconds": time.time() - started,
         "stream_seconds": time.time() - t_replay,
@@ -319,13 +325,13 @@ def _wait_ready(procs: dict[str, subprocess.Popen[bytes]], stats: list[Path], ru
         time.sleep(0.25)
 
 
-def _settled(worker: dict[str, Any], trainer: dict[str, Any] | None, target: int, waited: float) -> bool:
+def _settled(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, target: int, waited: float) -> bool:
     """Whether the run may end after the replay: the trainer learned the ``target`` events too, no
     fine-tune is running, and the worker serves the trainer's latest promotion (or
     :data:`FINISH_WAIT` seconds passed)."""
     if trainer is None or waited >= FINISH_WAIT:
         return True
-    if trainer.get("running") or trainer.get("events", 0) < target:
+    if trainer.running or trainer.events < target:
         return False
-    promoted = trainer.get("outcomes", {}).get("promoted", 0)
-    return not promoted or worker.get("live_model_version") == trainer.get("live_version")
+    promoted = trainer.outcomes.get("promoted", 0)
+    return not promoted or worker.live_model_version == trainer.live_version

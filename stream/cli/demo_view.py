@@ -2,16 +2,17 @@
 detections, fine-tunes, hot swaps), the final summary and, with ``--drift``, the drift report.
 
 Everything is read from files the processes write: the worker's and the trainer's stats files
-(rewritten every second) and the worker's timeline (:mod:`stream.observe.timeline`, exact event counts for
-drift detections and version changes). Pure functions of those dicts, so they are tested without
-running anything.
+(rewritten every second, :class:`~stream.snapshots.WorkerSnapshot` and
+:class:`~stream.snapshots.TrainerSnapshot`) and the worker's timeline (:mod:`stream.observe.timeline`,
+exact event counts for drift detections and version changes). Pure functions of those records, so
+they are tested without running anything.
 
 >>> view = RunView()
->>> view.update({"live_model_version": "1", "events": 10}, {"fine_tunes": 0, "history": []})
+>>> view.update(WorkerSnapshot(live_model_version="1", events=10), TrainerSnapshot())
 []
->>> view.update({"live_model_version": "v2", "events": 900},
-...             {"fine_tunes": 1, "history": [{"reason": "drift", "outcome": "promoted", "version": "v2",
-...              "seconds": 12.5, "candidate": {"ndcg@10": 0.2}, "live": {"ndcg@10": 0.1}}]})
+>>> view.update(WorkerSnapshot(live_model_version="v2", events=900),
+...             TrainerSnapshot(fine_tunes=1, history=[{"reason": "drift", "outcome": "promoted", "version": "v2",
+...              "seconds": 12.5, "candidate": {"ndcg@10": 0.2}, "live": {"ndcg@10": 0.1}}]))
 ['fine-tune 1 (drift): promoted v2 in 12 s (gate NDCG@10 0.2000 vs live 0.1000)', 'worker: now serving v2 (at event 900)']
 >>> view.versions
 ['1', 'v2']
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.snapshots import MODEL_SCORER
+from stream.snapshots import MODEL_SCORER, TrainerSnapshot, WorkerSnapshot
 
 HR = "hr@10"
 
@@ -36,31 +37,30 @@ class RunView:
         self.detections_seen: set[tuple[str, int]] = set()
         self.urls: dict[str, str] = {}
 
-    def update(self, worker: dict[str, Any], trainer: dict[str, Any] | None) -> list[str]:
+    def update(self, worker: WorkerSnapshot, trainer: TrainerSnapshot | None) -> list[str]:
         news: list[str] = []
-        for name, stats in (("worker", worker), ("trainer", trainer or {})):
-            url = stats.get("metrics_url")
+        for name, url in (("worker", worker.metrics_url), ("trainer", trainer.metrics_url if trainer else None)):
             if url and name not in self.urls:
                 self.urls[name] = url
                 news.append(f"{name}: metrics on {url}")
-        drift = worker.get("drift") or {}
+        drift = worker.drift or {}
         for d in drift.get("detections", []):
             key = (str(d.get("detector")), int(d.get("at_event", 0)))
             if key not in self.detections_seen:
                 self.detections_seen.add(key)
-                news.append(f"drift: {d.get('detector')} detector fired (worker at event ~{worker.get('events', 0):,}; "
+                news.append(f"drift: {d.get('detector')} detector fired (worker at event ~{worker.events:,}; "
                             f"{d.get('value', 0):.4f} vs baseline {d.get('baseline', 0):.4f})")
-        if trainer:
-            total = int(trainer.get("fine_tunes", 0))
-            history = trainer.get("history", [])
+        if trainer is not None:
+            total = int(trainer.fine_tunes)
+            history = trainer.history
             new = history[len(history) - min(len(history), total - self.finetunes_seen):] if total > self.finetunes_seen else []
             for i, h in enumerate(new, start=self.finetunes_seen + 1):
                 news.append(finetune_line(i, h))
             self.finetunes_seen = max(self.finetunes_seen, total)
-        version = worker.get("live_model_version") or worker.get("model_version")
+        version = worker.live_model_version or worker.model_version
         if version and (not self.versions or self.versions[-1] != str(version)):
             if self.versions:
-                news.append(f"worker: now serving {version} (at event {worker.get('events', 0):,})")
+                news.append(f"worker: now serving {version} (at event {worker.events:,})")
             if str(version) not in self.versions:
                 self.versions.append(str(version))
         return news
@@ -77,37 +77,36 @@ def finetune_line(n: int, h: dict[str, Any]) -> str:
             + f" in {h.get('seconds', 0):.0f} s{gate}{error}")
 
 
-def _scorer(stats: dict[str, Any], name: str, key: str) -> float:
-    return float(stats.get("prequential", {}).get(name, {}).get(key) or 0.0)
+def _scorer(stats: WorkerSnapshot, name: str, key: str) -> float:
+    return float(stats.prequential.get(name, {}).get(key) or 0.0)
 
 
-def best_baseline(stats: dict[str, Any], key: str = f"window_{HR}") -> tuple[str, float]:
+def best_baseline(stats: WorkerSnapshot, key: str = f"window_{HR}") -> tuple[str, float]:
     """The baseline with the highest ``key`` (("-", 0.0) when there is none)."""
-    scores = [(name, float(p.get(key) or 0.0)) for name, p in stats.get("prequential", {}).items()
-              if name != MODEL_SCORER]
+    scores = [(name, float(p.get(key) or 0.0)) for name, p in stats.prequential.items() if name != MODEL_SCORER]
     return max(scores, key=lambda s: s[1], default=("-", 0.0))
 
 
-def live_line(worker: dict[str, Any], trainer: dict[str, Any] | None, target: int, rate: float) -> str:
+def live_line(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, target: int, rate: float) -> str:
     """The console's one-line view: progress, windowed HR@10 (model vs best baseline), versions,
     drift and fine-tunes."""
     base, base_hr = best_baseline(worker)
-    line = (f"events {worker.get('events', 0):>7,}/{target:<7,} {rate:6.0f}/s | HR@10 (last 1000) HAIL "
+    line = (f"events {worker.events:>7,}/{target:<7,} {rate:6.0f}/s | HR@10 (last 1000) HAIL "
             f"{_scorer(worker, MODEL_SCORER, f'window_{HR}'):.3f} {base} {base_hr:.3f} | dead letters "
-            f"{worker.get('dead_letters', 0)} | model {worker.get('live_model_version') or worker.get('model_version', '?')}"
-            f" | drift {len((worker.get('drift') or {}).get('detections', []))}")
-    if trainer:
-        out = trainer.get("outcomes", {})
-        line += (f" | fine-tunes {trainer.get('fine_tunes', 0)} ({out.get('promoted', 0)} promoted, "
-                 f"{out.get('rejected', 0)} rejected){' [fine-tuning]' if trainer.get('running') else ''}")
+            f"{worker.dead_letters} | model {worker.live_model_version or worker.model_version or '?'}"
+            f" | drift {len((worker.drift or {}).get('detections', []))}")
+    if trainer is not None:
+        out = trainer.outcomes
+        line += (f" | fine-tunes {trainer.fine_tunes} ({out.get('promoted', 0)} promoted, "
+                 f"{out.get('rejected', 0)} rejected){' [fine-tuning]' if trainer.running else ''}")
     return line
 
 
-def drift_count(worker: dict[str, Any], timeline: list[dict[str, Any]]) -> int:
+def drift_count(worker: WorkerSnapshot, timeline: list[dict[str, Any]]) -> int:
     """Drift detections of the run: the timeline's drift records (every one), else the worker's
     published drift messages."""
     from_timeline = sum(1 for r in timeline if r.get("kind") == "drift")
-    drift = worker.get("drift") or {}
+    drift = worker.drift or {}
     return max(from_timeline, int(drift.get("published", 0)), len(drift.get("detections", [])))
 
 
@@ -133,7 +132,7 @@ def _hr_at(points: list[dict[str, Any]], scorer: str = MODEL_SCORER) -> float | 
     return None if value is None else float(value)
 
 
-def drift_report(drift_at: int, timeline: list[dict[str, Any]], trainer: dict[str, Any] | None) -> dict[str, Any]:
+def drift_report(drift_at: int, timeline: list[dict[str, Any]], trainer: TrainerSnapshot | None) -> dict[str, Any]:
     """What happened around the shift at replayed event ``drift_at``, from the worker's timeline
     (event counts are the worker's, which processes the replay in order): the first detection
     after it and its delay in events, the first fine-tune the drift triggered (from the trainer's
@@ -146,7 +145,7 @@ def drift_report(drift_at: int, timeline: list[dict[str, Any]], trainer: dict[st
     first = drifts[0] if drifts else None
     # the first fine-tune a detection after the shift asked for (the trainer notes when it was asked)
     since = float(first.get("t", 0.0)) - 1.0 if first else float("inf")
-    finetune = next((h for h in (trainer or {}).get("history", [])
+    finetune = next((h for h in (trainer.history if trainer is not None else [])
                      if h.get("reason") == "drift" and float(h.get("requested_at") or 0.0) >= since), None)
     # the swap to the drift-triggered version when it was promoted, else the first one after the shift
     target = finetune.get("version") if finetune and finetune.get("outcome") == "promoted" else None
@@ -181,30 +180,31 @@ def drift_report(drift_at: int, timeline: list[dict[str, Any]], trainer: dict[st
     }
 
 
-def summarize(worker: dict[str, Any], trainer: dict[str, Any] | None, versions: list[str],
+def summarize(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, versions: list[str],
               timeline: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     """The demo's final summary: counts, prequential metrics per scorer, the lifecycle (fine-tunes
     by outcome, versions served, drift detections), timings; ``extra`` is merged in."""
     scorers = {
         name: {key: p.get(key) for key in ("hr@10", "ndcg@10", "mrr@10", "n", "cold", "window_hr@10")}
-        for name, p in worker.get("prequential", {}).items()
+        for name, p in worker.prequential.items()
     }
-    outcomes = (trainer or {}).get("outcomes", {})
+    trainer = trainer if trainer is not None else TrainerSnapshot()
+    outcomes = trainer.outcomes
     return {
-        "events": worker.get("events", 0),
-        "predictions": worker.get("predictions", 0),
-        "dead_letters": worker.get("dead_letters", 0),
-        "dead_letter_reasons": worker.get("dead_letter_reasons", {}),
+        "events": worker.events,
+        "predictions": worker.predictions,
+        "dead_letters": worker.dead_letters,
+        "dead_letter_reasons": worker.dead_letter_reasons,
         "prequential": scorers,
         "model_versions_served": versions_served(versions, timeline),
-        "swaps": worker.get("swaps", 0),
+        "swaps": worker.swaps or 0,
         "drift_detections": drift_count(worker, timeline),
-        "finetunes": int((trainer or {}).get("fine_tunes", 0)),
+        "finetunes": int(trainer.fine_tunes),
         "promotions": int(outcomes.get("promoted", 0)),
         "rejections": int(outcomes.get("rejected", 0)),
         "failed_finetunes": int(outcomes.get("failed", 0)),
-        "finetune_seconds": [h.get("seconds") for h in (trainer or {}).get("history", [])],
-        "latency_s": worker.get("latency_s"),
+        "finetune_seconds": [h.get("seconds") for h in trainer.history],
+        "latency_s": worker.latency_s or None,
         **extra,
     }
 

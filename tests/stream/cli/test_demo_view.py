@@ -14,6 +14,7 @@ from stream.cli.flags import settings_from_args
 from stream.cli.main import build_parser
 from stream.errors import StreamError
 from stream.settings import Settings
+from stream.snapshots import TrainerSnapshot, WorkerSnapshot
 
 
 def _point(events: int, hr: float, uf: float, version: str, t: float = 0.0) -> dict[str, Any]:
@@ -43,9 +44,9 @@ HISTORY = [  # the trainer's stats "history": a drift fine-tune before the shift
     {"reason": "events", "outcome": "promoted", "version": "v4", "seconds": 6.0, "requested_at": 40.0},
     {"reason": "drift", "outcome": "promoted", "version": "v5", "seconds": 8.0, "requested_at": 33.5},
 ]
-TRAINER = {"fine_tunes": 4, "outcomes": {"promoted": 3, "rejected": 1, "failed": 0}, "history": HISTORY,
+TRAINER_STATS = {"fine_tunes": 4, "outcomes": {"promoted": 3, "rejected": 1, "failed": 0}, "history": HISTORY,
            "live_version": "v5", "running": False, "events": 5000}
-WORKER = {"events": 5003, "predictions": 5000, "dead_letters": 3, "dead_letter_reasons": {"bad_json": 3},
+WORKER_STATS = {"events": 5003, "predictions": 5000, "dead_letters": 3, "dead_letter_reasons": {"bad_json": 3},
           "live_model_version": "v5", "swaps": 3,
           "drift": {"published": 3, "detections": [{"detector": "accuracy", "at_event": 1950, "value": 0.2,
                                                      "baseline": 0.6}]},
@@ -53,6 +54,17 @@ WORKER = {"events": 5003, "predictions": 5000, "dead_letters": 3, "dead_letter_r
                                    "window_hr@10": 0.2},
                           "user-frequency": {"hr@10": 0.35, "ndcg@10": 0.2, "mrr@10": 0.1, "n": 4000, "cold": 1000,
                                              "window_hr@10": 0.45}}}
+
+
+def _worker(**changes: Any) -> WorkerSnapshot:
+    return WorkerSnapshot.from_dict({**WORKER_STATS, **changes})
+
+
+def _trainer(**changes: Any) -> TrainerSnapshot:
+    return TrainerSnapshot.from_dict({**TRAINER_STATS, **changes})
+
+
+WORKER, TRAINER = _worker(), _trainer()
 
 
 def test_drift_report_measures_the_shift_from_the_timeline() -> None:
@@ -69,7 +81,7 @@ def test_drift_report_measures_the_shift_from_the_timeline() -> None:
 
 def test_drift_report_follows_the_promoted_drift_version_and_says_when_nothing_happened() -> None:
     history = [dict(HISTORY[0]), dict(HISTORY[3])]
-    r = drift_report(2000, TIMELINE, {**TRAINER, "history": history})
+    r = drift_report(2000, TIMELINE, _trainer(history=history))
     assert r["finetune"]["version"] == "v5" and r["swap"]["version"] == "v5"  # its own swap, not the first one
     quiet = drift_report(2000, TIMELINE[:4], None)
     assert quiet["first_detection"] is None and quiet["finetune"] is None and quiet["swap"] is None
@@ -95,8 +107,8 @@ def test_summary_counts_come_from_the_processes() -> None:
 
 def test_run_view_reports_each_piece_of_news_once() -> None:
     view = RunView()
-    first = view.update({**WORKER, "live_model_version": "1", "metrics_url": "http://127.0.0.1:1/metrics"},
-                        {"fine_tunes": 0, "history": [], "metrics_url": "http://127.0.0.1:2/metrics"})
+    first = view.update(_worker(live_model_version="1", metrics_url="http://127.0.0.1:1/metrics"),
+                        TrainerSnapshot(metrics_url="http://127.0.0.1:2/metrics"))
     assert first[:2] == ["worker: metrics on http://127.0.0.1:1/metrics", "trainer: metrics on http://127.0.0.1:2/metrics"]
     assert any(n.startswith("drift: accuracy detector fired") for n in first)
     news = view.update(WORKER, TRAINER)
@@ -104,7 +116,7 @@ def test_run_view_reports_each_piece_of_news_once() -> None:
                                               "fine-tune 4 (drift)", "worker"]
     assert view.update(WORKER, TRAINER) == []  # nothing new
     assert view.versions == ["1", "v5"] and set(view.urls) == {"worker", "trainer"}
-    line = live_line(WORKER, {**TRAINER, "running": True}, 5000, 99.0)
+    line = live_line(WORKER, _trainer(running=True), 5000, 99.0)
     assert "HAIL 0.200 user-frequency 0.450" in line and "model v5" in line
     assert "fine-tunes 4 (3 promoted, 1 rejected) [fine-tuning]" in line
 
