@@ -242,6 +242,10 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                 )
                 fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
                 runtime.drift_published += 1
+            while runtime.outbox:  # rollbacks decided by the post-swap guard
+                fut = await producer.send(settings.model_updates_topic, CONTROL_KEY, runtime.outbox.pop(0),
+                                          None, None, None)
+                fut.add_done_callback(on_sent)  # type: ignore[attr-defined]
             runtime.stats.add_busy("send", time.perf_counter() - sent_from)
             runtime.stats.add(result)
 
@@ -280,7 +284,13 @@ def process_and_observe(
     """The agent's work on one batch, off the event loop: :func:`process_batch`, then the monitor
     (metrics, drift) and the timeline; returns the result and the batch's drift detections."""
     started = time.perf_counter()
-    result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings)
+    swapper = runtime.swapper
+    result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings,
+                           guard=swapper.guard if swapper is not None else None)
+    if result.verdict is not None and swapper is not None:
+        msg = swapper.roll_back(result.verdict, source=f"{settings.app_id}:{os.getpid()}")
+        if msg is not None:
+            runtime.outbox.append(msg)
     found: list[Detection] = []
     if runtime.monitor is not None:
         try:

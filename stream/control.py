@@ -10,6 +10,12 @@ one partition and keep their order (a rollback announced after a promotion is ap
 - ``"drift"`` — from a worker: a drift detector fired (``detector``, ``at_event``, ``value``,
   ``baseline``, ``source``); the trainer treats it as a fine-tune trigger.
 - ``"trigger"`` — from an operator or a benchmark: fine-tune now (``reason``, default ``manual``).
+- ``"rollback"`` — from a worker whose post-swap guard (:mod:`stream.guard`) found ``version``
+  (``number``) worse than ``previous`` on the same events (``verdict``: scores, pairs, reason;
+  ``source``): the worker already serves ``previous`` again; the trainer marks ``version``
+  rejected in the store, fine-tunes from the store's live version again and re-announces it
+  (``"model"``, reason ``rollback``) so that every worker serves it; workers never swap to a
+  version they saw rolled back.
 
 Unknown types are ignored by every reader, so new message kinds can be added without breaking
 running processes.
@@ -32,7 +38,8 @@ CONTROL_KEY = b"hailstream-model"
 MODEL = "model"
 DRIFT = "drift"
 TRIGGER = "trigger"
-TYPES = (MODEL, DRIFT, TRIGGER)
+ROLLBACK = "rollback"
+TYPES = (MODEL, DRIFT, TRIGGER, ROLLBACK)
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
@@ -72,6 +79,16 @@ def trigger_message(reason: str = "manual", now: float | None = None) -> bytes:
     return _dump({"type": TRIGGER, "reason": reason, "sent_at": time.time() if now is None else now})
 
 
+def rollback_message(
+    version: str, number: int, previous: str, verdict: dict[str, Any], source: str = "", now: float | None = None
+) -> bytes:
+    """A worker rolled ``version`` back to ``previous`` (see :mod:`stream.guard`)."""
+    return _dump({
+        "type": ROLLBACK, "version": version, "number": int(number), "previous": previous, "verdict": verdict,
+        "reason": "guard", "source": source, "sent_at": time.time() if now is None else now,
+    })
+
+
 def parse_control(raw: bytes | None) -> dict[str, Any] | None:
     """The message as a dict, or None when it is not a control message we understand (bad JSON,
     not an object, unknown or missing type, a model message without version/checkpoint)."""
@@ -84,5 +101,7 @@ def parse_control(raw: bytes | None) -> dict[str, Any] | None:
     if not isinstance(msg, dict) or msg.get("type") not in TYPES:
         return None
     if msg["type"] == MODEL and not (isinstance(msg.get("version"), str) and isinstance(msg.get("checkpoint"), str)):
+        return None
+    if msg["type"] == ROLLBACK and not isinstance(msg.get("version"), str):
         return None
     return msg

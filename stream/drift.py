@@ -90,8 +90,9 @@ class AccuracyDrift:
     ``PageHinkley``; defaults ``delta=0.005, threshold=100``, tuned so that 20 stationary seeded
     Bernoulli(0.5) streams of 10,000 events raised no alarm, while a drop to 0.15 was found within
     ~200-300 events). ``direction`` keeps drops (``"down"``), rises (``"up"``) or both; a
-    detection must also move the estimate by at least ``min_change``. ``params`` go to the river
-    detector unchanged.
+    detection must also move the estimate by at least ``min_change`` (absolute) and by at least
+    ``min_relative`` of the level before it (0.125 = 12.5%). ``params`` go to the river detector
+    unchanged.
 
     >>> d = AccuracyDrift(method="page_hinkley")
     >>> [e.at_event for e in map(d.update, [1.0] * 500 + [0.0] * 200) if e]
@@ -106,13 +107,15 @@ class AccuracyDrift:
         direction: Direction = "down",
         min_change: float = 0.0,
         name: str = "accuracy",
+        min_relative: float = 0.0,
         **params: Any,
     ) -> None:
         if method not in ACCURACY_METHODS:
             raise StreamError(f"accuracy drift method must be one of {', '.join(ACCURACY_METHODS)}, not {method!r}")
         _check_direction(direction)
-        if not min_change >= 0:
-            raise StreamError(f"min_change must be >= 0, not {min_change!r}")
+        if not min_change >= 0 or not min_relative >= 0:
+            raise StreamError(f"min_change and min_relative must be >= 0, not {min_change!r}, {min_relative!r}")
+        self.min_relative = float(min_relative)
         self.method = method
         self.direction = direction
         self.min_change = float(min_change)
@@ -157,7 +160,7 @@ class AccuracyDrift:
             or self.direction == "both"
             or self.method == "page_hinkley"  # already one-sided through its mode
         )
-        if not wanted or abs(change) < self.min_change:
+        if not wanted or abs(change) < self.min_change or abs(change) < self.min_relative * abs(before):
             return None
         return self._record(Detection(self.name, self._n, after, before))
 
@@ -249,17 +252,24 @@ class InputDrift:
       the reference itself: the divergence between its two halves (samples half as large, so a
       conservative noise level) plus ``js_margin``.
 
+    Two guards against crying wolf on a stationary stream (the whole Foursquare NYC stream
+    replayed in order raised one popularity "drift" at 0.7207 against a threshold of 0.7139): a
+    popularity detection needs the divergence to exceed the threshold by at least
+    ``min_effect`` (relative: 0.05 = 5% above it), and either signal must stay over its
+    threshold for ``persistence`` checks in a row (a passing spike does not count; a real shift
+    stays). Each signal counts its own streak.
+
     After a detection the reference is rebuilt from the events that follow, so one shift fires
     once per signal and the new regime becomes normal.
 
-    >>> d = InputDrift(reference=100, window=100, check_every=10)
+    >>> d = InputDrift(reference=100, window=100, check_every=10, persistence=1)
     >>> stream = [(f"a{i % 10}", True) for i in range(300)] + [(f"b{i % 10}", False) for i in range(100)]
     >>> found = [x for x in (d.update(item, known) for item, known in stream) if x]
     >>> [(x.detector, x.at_event) for x in found]
     [('input_unseen', 320)]
-    >>> p = InputDrift(reference=100, window=100, check_every=10, signals=["popularity"])
-    >>> [str(x) for x in (p.update(item, known) for item, known in stream) if x]
-    ['drift detected by input_popularity at event 320: 0.1080 (baseline 0.1000)']
+    >>> p = InputDrift(reference=100, window=100, check_every=10, signals=["popularity"], min_effect=0.0)
+    >>> [str(x) for x in (p.update(item, known) for item, known in stream) if x]   # 3 checks in a row
+    ['drift detected by input_popularity at event 340: 0.2365 (baseline 0.1000)']
     """
 
     def __init__(
@@ -272,6 +282,8 @@ class InputDrift:
         js_margin: float = 0.1,
         signals: Iterable[str] = INPUT_SIGNALS,
         name: str = "input",
+        min_effect: float = 0.05,
+        persistence: int = 3,
     ) -> None:
         self.signals = tuple(signals)
         bad = [s for s in self.signals if s not in INPUT_SIGNALS]
@@ -286,6 +298,10 @@ class InputDrift:
             raise StreamError(f"unseen_threshold is an absolute share in (0, 1], not {unseen_threshold!r}")
         if js_threshold is not None and not 0 < js_threshold <= 1:
             raise StreamError(f"js_threshold is a divergence in (0, 1], not {js_threshold!r}")
+        if min_effect < 0 or persistence < 1:
+            raise StreamError(f"min_effect must be >= 0 and persistence >= 1, not {min_effect!r}, {persistence!r}")
+        self.min_effect = float(min_effect)
+        self.persistence = int(persistence)
         self.reference_size = int(reference)
         self.window = int(window)
         self.check_every = int(check_every)
@@ -308,6 +324,7 @@ class InputDrift:
         self._recent_counts: Counter[Hashable] = Counter()
         self._recent_unseen = 0
         self._since_check = 0
+        self._streak = {sig: 0 for sig in INPUT_SIGNALS}  # checks in a row over the threshold
 
     @property
     def ready(self) -> bool:
@@ -370,16 +387,21 @@ class InputDrift:
         """The JS divergence above which popularity drift is reported (1.0 until calibrated)."""
         return self._threshold
 
+    def _over(self, signal: str, over: bool) -> bool:
+        self._streak[signal] = self._streak[signal] + 1 if over else 0
+        return self._streak[signal] >= self.persistence
+
     def _check(self) -> Detection | None:
         found: Detection | None = None
         if "unseen" in self.signals:
             share, ref = self.unseen_share, self.reference_unseen_share
-            if share - ref > self.unseen_threshold:
+            if self._over("unseen", share - ref > self.unseen_threshold):
                 found = Detection(f"{self.name}_unseen", self._n, share, ref)
         if "popularity" in self.signals:
             assert self._ref_counts is not None
             self._last_js = js_divergence(self._recent_counts, self._ref_counts)
-            if found is None and self._last_js > self._threshold:
+            over = self._last_js > self._threshold * (1 + self.min_effect)
+            if self._over("popularity", over) and found is None:
                 found = Detection(f"{self.name}_popularity", self._n, self._last_js, self._threshold)
         if found is None:
             return None
@@ -435,6 +457,22 @@ class DriftMonitor:
     def __init__(self, input_drift: InputDrift | None = None, accuracy: AccuracyDrift | None = None) -> None:
         self.accuracy = accuracy if accuracy is not None else AccuracyDrift()
         self.input = input_drift if input_drift is not None else InputDrift()
+
+    @classmethod
+    def configured(
+        cls, adwin_delta: float = 0.002, min_drop: float = 0.125, min_effect: float = 0.05, persistence: int = 3
+    ) -> DriftMonitor:
+        """The worker's detectors with its settings (``adwin_delta``, ``drift_min_drop``,
+        ``drift_min_effect``, ``drift_persistence``). Measured on the whole Foursquare NYC stream
+        (113,344 events in order, hit@10 of the user-frequency baseline): ADWIN alone reports 53
+        drops of 0.02-0.05 in hit rate (the daily and weekly rhythm), the largest 11.6% of the level
+        before it. After a real collapse (every item renamed: hit rate 0.66 to 0) ADWIN's first
+        cut moved its estimate by 14.4% only (its window still held older events) and it did not
+        cut again. ``min_drop`` 12.5% (relative) lies between the two: a thin margin, measured on
+        one data set, so tune it (and ``adwin_delta``) on yours; the input detector fires on such a
+        collapse as well."""
+        return cls(InputDrift(min_effect=min_effect, persistence=persistence),
+                   AccuracyDrift(delta=adwin_delta, min_relative=min_drop))
 
     def update(self, hit: float | None, item: Hashable, known: bool) -> list[Detection]:
         out = []

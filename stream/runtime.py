@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.drift import DriftMonitor
+from stream.guard import SwapGuard
 from stream.hotswap import HotSwapper
 from stream.metrics import Metrics, set_model
 from stream.monitor import WorkerMonitor
@@ -42,6 +44,8 @@ class WorkerRuntime:
     #: next offset to process per interactions partition (for the consumer lag)
     positions: dict[int, int] = field(default_factory=dict)
     drift_published: int = 0
+    #: control messages (bytes) for the model-updates topic, sent by the agent after the batch
+    outbox: list[bytes] = field(default_factory=list)
     #: the run's timeline file (None: not recorded); fed after every batch, in the batch thread
     timeline: Timeline | None = None
     _last_error: str = field(default="", repr=False)
@@ -56,6 +60,11 @@ class WorkerRuntime:
             d["swaps"] = self.swapper.swaps
             d["swap_failures"] = self.swapper.failures
             d["last_swap"] = self.swapper.last_swap
+            d["rollbacks"] = self.swapper.rollbacks
+            d["guard_verdicts"] = list(self.swapper.verdicts)
+            run = self.swapper.guard.current if self.swapper.guard is not None else None
+            d["guard"] = None if run is None else {"version": run.new.version, "previous": run.previous.version,
+                                                   "pairs": len(run.new_scores), "served": run.served}
         if self.monitor is not None:
             d["drift"] = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
                           "published": self.drift_published,
@@ -95,7 +104,13 @@ def build_runtime(
         executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
     )
     if metrics is not None:
-        runtime.monitor = WorkerMonitor(metrics, preq)
-        runtime.swapper = HotSwapper(recommender, metrics)
+        drift = DriftMonitor.configured(settings.adwin_delta, settings.drift_min_drop, settings.drift_min_effect,
+                                        settings.drift_persistence)
+        runtime.monitor = WorkerMonitor(metrics, preq, drift)
+        guard = None
+        if settings.guard_events > 0:
+            guard = SwapGuard(settings.guard_events, settings.guard_min_events, settings.guard_tolerance,
+                              settings.guard_confidence)
+        runtime.swapper = HotSwapper(recommender, metrics, guard)
         set_model(metrics, recommender.version, len(recommender.live.vocab))
     return runtime

@@ -85,6 +85,20 @@ class Settings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     log_level: str = "INFO"
+    #: the worker's post-swap guard (stream.guard): scored events per window (0 = off), the fewest
+    #: before a rollback, how much worse the new version may be, and the confidence
+    guard_events: int = 1000
+    guard_min_events: int = 200
+    guard_tolerance: float = 0.0
+    guard_confidence: float = 0.95
+    #: drift detectors (stream.drift): ADWIN's delta (smaller = fewer, later detections; tune per
+    #: data set), the smallest accuracy drop reported (relative to the level before), and the input popularity
+    #: signal's minimum effect (relative excess over its calibrated threshold) and persistence
+    #: (checks in a row over it)
+    adwin_delta: float = 0.002
+    drift_min_drop: float = 0.125
+    drift_min_effect: float = 0.05
+    drift_persistence: int = 3
 
     def __post_init__(self) -> None:
         # Normalise case-insensitive enumerations once, so every consumer sees one spelling.
@@ -293,6 +307,16 @@ def _validate(s: Settings) -> None:
     for name in s.topics + (s.app_id,):
         if not name or any(c.isspace() for c in name):
             raise SettingsError(f"topic / app id {name!r} must be non-empty without spaces; check HAILSTREAM_*_TOPIC")
+    if s.guard_events < 0 or s.guard_min_events < 1 or s.guard_tolerance < 0:
+        raise SettingsError("HAILSTREAM_GUARD_EVENTS must be >= 0 (0 = no post-swap guard), HAILSTREAM_GUARD_MIN_EVENTS "
+                            ">= 1 and HAILSTREAM_GUARD_TOLERANCE >= 0")
+    if not 0.5 <= s.guard_confidence < 1:
+        raise _fail("guard_confidence", f"must be in [0.5, 1), got {s.guard_confidence!r}")
+    if not 0 < s.adwin_delta < 1:
+        raise _fail("adwin_delta", f"must be in (0, 1), got {s.adwin_delta!r}")
+    if not 0 <= s.drift_min_drop < 1 or s.drift_min_effect < 0 or s.drift_persistence < 1:
+        raise SettingsError("HAILSTREAM_DRIFT_MIN_DROP must be in [0, 1), HAILSTREAM_DRIFT_MIN_EFFECT >= 0 and "
+                            "HAILSTREAM_DRIFT_PERSISTENCE >= 1")
     if s.security_protocol not in SECURITY_PROTOCOLS:
         raise _fail("security_protocol", f"must be one of {', '.join(SECURITY_PROTOCOLS)}, got {s.security_protocol!r}")
     if s.log_level not in LOG_LEVELS:

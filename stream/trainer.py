@@ -5,7 +5,10 @@ waits for training).
   the fast session settings of BROKER.md) and feeds every valid event to a
   :class:`stream.learner.Learner` (window, reservoir, bounded vocabulary).
 - Reads the model-updates topic (:class:`stream.updates.ControlListener`): ``drift`` messages from
-  the workers and ``trigger`` messages request a fine-tune.
+  the workers and ``trigger`` messages request a fine-tune; a ``rollback`` from a worker's
+  post-swap guard marks that version ``rejected`` in the store and, when it was the live one,
+  makes the store's live version (its predecessor) the one to fine-tune from, re-announced on the
+  topic (reason ``rollback``) so that every worker serves it.
 - Fine-tunes in a background thread, so consumption goes on meanwhile (torch gets ``threads``
   intra-op threads, 1 by default, and the thread runs at a lower CPU priority, ``nice`` 10 by
   default, so that a worker sharing the machine keeps its throughput); the outcome is applied in the
@@ -39,7 +42,7 @@ from typing import Any
 
 import torch
 
-from stream.control import CONTROL_KEY, DRIFT, MODEL, TRIGGER, model_message
+from stream.control import CONTROL_KEY, DRIFT, MODEL, ROLLBACK, TRIGGER, model_message
 from stream.errors import StreamError
 from stream.learner import Job, Learner, Outcome
 from stream.metrics import (
@@ -125,6 +128,8 @@ class TrainerRuntime:
         self._warm_until: dict[Any, int] = {}
         self._to_rewind: set[Any] = set()
         self._follow: dict[str, Any] | None = None
+        self._rollbacks: list[dict[str, Any]] = []
+        self.rolled_back: list[str] = []
         self._consumer: Any = None
         self._producer: Any = None
         self.started_at = time.time()
@@ -141,9 +146,42 @@ class TrainerRuntime:
         elif msg["type"] == TRIGGER:
             reason = str(msg.get("reason") or "manual")
             self.learner.request(reason if reason in TRIGGER_REASONS else "manual")
+        elif msg["type"] == ROLLBACK:
+            self._rollbacks.append(msg)
         elif msg["type"] == MODEL and msg.get("version") != self.learner.live.version:
             # An operator promoted or rolled back (hailstream models ...): fine-tune from that one.
             self._follow = msg
+
+    def _apply_rollbacks(self) -> None:
+        """A worker's guard rolled a version back: reject it in the store; if it was live, go
+        back to the store's live version and announce it (reason ``rollback``)."""
+        while self._rollbacks:
+            msg = self._rollbacks.pop(0)
+            version, store = str(msg["version"]), self.learner.store
+            log.warning("worker %s rolled back %s: %s", msg.get("source") or "?", version,
+                        (msg.get("verdict") or {}).get("reason", ""))
+            if store is None:
+                continue
+            try:
+                number = int(msg.get("number") or version.lstrip("v"))
+                if store.get(number).status == "promoted":
+                    store.set_status(number, "rejected")
+            except (ValueError, StreamError) as e:
+                log.error("cannot mark %s rejected in the store: %s", version, e)
+                continue
+            self.rolled_back.append(version)
+            if version != self.learner.live.version:
+                continue  # already fine-tuning from another version
+            found = store.load_latest()
+            if found is None:
+                log.error("rolled back %s but the store has no other live version", version)
+                continue
+            info, ckpt = found
+            self.learner.set_live(ckpt.model, ckpt.vocab, info.label, info.version)
+            if self.metrics is not None:
+                set_model(self.metrics, info.label, len(ckpt.vocab), swapped=True)
+            self._publish(model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,
+                                        info.parent, info.metrics, reason="rollback"), info.label)
 
     def _follow_store(self) -> None:
         """Make the store's live version the learner's (after an operator's promote/rollback)."""
@@ -263,6 +301,12 @@ class TrainerRuntime:
         metrics = {"candidate": out.candidate, "live": out.live, "trigger": out.reason,
                    "requested_at": out.requested_at, "seconds": out.seconds}
         value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics)
+        self._publish(value, out.version)
+        if self.metrics is not None:
+            set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)
+
+    def _publish(self, value: bytes, version: str) -> None:
+        """A model message on the model-updates topic (waits for the ack)."""
         if self._producer is None:
             from stream.replay import make_producer
 
@@ -270,11 +314,9 @@ class TrainerRuntime:
         try:
             self._producer.send(self.settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)
             self.announced.append(json.loads(value))
-            log.info("announced %s on %s", out.version, self.settings.model_updates_topic)
+            log.info("announced %s on %s", version, self.settings.model_updates_topic)
         except Exception as e:  # the version is in the store: a restarting worker still finds it
-            log.error("could not announce %s: %s; workers pick it up from the store on restart", out.version, e)
-        if self.metrics is not None:
-            set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)
+            log.error("could not announce %s: %s; workers pick it up from the store on restart", version, e)
 
     @property
     def busy(self) -> bool:
@@ -289,6 +331,7 @@ class TrainerRuntime:
             "warm_events": self.warm_events,
             "invalid": self.invalid,
             "live_version": lrn.live.version,
+            "rolled_back": list(self.rolled_back),
             "fine_tunes": lrn.fine_tunes,
             "outcomes": dict(lrn.outcomes),
             "running": self.busy,
@@ -330,6 +373,8 @@ class TrainerRuntime:
                     if self.metrics is not None:
                         self.metrics.events_consumed.inc(len(records))
                 self._finish_job()
+                if self._rollbacks:
+                    self._apply_rollbacks()
                 if self._follow is not None:
                     self._follow_store()
                 if not self.busy:

@@ -27,7 +27,12 @@ class TrainerConfig:
     """Settings of the lifecycle (:mod:`stream.learner` explains each step). ``min_idle`` (events an item must be
     unseen before its row may be recycled) defaults to ``window``; ``item_capacity=None`` lets the
     vocabulary grow without bound. ``keep_rejected`` keeps rejected candidates' weights in the
-    store; ``keep_versions`` promoted versions keep their weights (older ones are pruned)."""
+    store; ``keep_versions`` promoted versions keep their weights (older ones are pruned).
+
+    The gate (:func:`stream.gate.compare`): a candidate is promoted when at least
+    ``gate_min_events`` held-out events were scored and it beats the live version on them with
+    ``gate_confidence`` (one-sided, paired); ``tolerance`` > 0 lets a candidate through that is
+    worse by at most that much (absolute ``gate_metric``), e.g. 1.0 promotes every candidate."""
 
     window: int = 20000
     span: float | None = None
@@ -44,6 +49,8 @@ class TrainerConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     tolerance: float = 0.0
+    gate_min_events: int = 200
+    gate_confidence: float = 0.95
     gate_metric: str = "ndcg@10"
     k: int = 10
     item_capacity: int | None = 100_000
@@ -71,6 +78,13 @@ class TrainerConfig:
                 raise StreamError(f"{name} must be > 0 (or None to disable that trigger), not {v!r}")
         if self.drift_wait is not None and self.drift_wait < 0:
             raise StreamError(f"drift_wait must be >= 0 events (or None for 2 x holdout), not {self.drift_wait}")
+        if 0 < self.holdout < self.gate_min_events:
+            raise StreamError(
+                f"holdout ({self.holdout} events) < gate_min_events ({self.gate_min_events}): the gate would reject "
+                "every candidate; hold out more events or lower gate_min_events"
+            )
+        if not 0.5 <= self.gate_confidence < 1:
+            raise StreamError(f"gate_confidence must be in [0.5, 1), not {self.gate_confidence!r}")
         if self.steps < 1 or self.batch_size < 1 or self.min_new_events < 0 or self.tolerance < 0:
             raise StreamError("steps and batch_size must be >= 1, min_new_events and tolerance >= 0")
 
@@ -78,7 +92,8 @@ class TrainerConfig:
 #: TrainerConfig fields settable from the command line, with their types.
 CLI_FIELDS: dict[str, type] = {
     "window": int, "span": float, "reservoir": int, "holdout": int, "every_events": int, "every_seconds": float,
-    "min_new_events": int, "drift_wait": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float, "item_capacity": int,
+    "min_new_events": int, "drift_wait": int, "steps": int, "lr": float, "batch_size": int, "tolerance": float,
+    "gate_min_events": int, "gate_confidence": float, "item_capacity": int,
     "max_users": int, "seed": int, "keep_versions": int,
 }
 
