@@ -16,15 +16,24 @@ measure depends on them; the gate tolerance is 1.0 so that every candidate is pr
    announcement, the worker's load + swap, and the next prediction. The trainer uses its default
    fine-tune budget (``TrainerSettings``). Goal: < 60 s.
 
-    python bench/lifecycle_latency.py            # ~5-8 minutes
+3. **Drift scenario** (``--drift``): ``hailstream demo --drift`` exactly as a user runs it (every
+   POI renamed half-way; worker, trainer, gate and the worker's post-swap guard at their
+   defaults). For every promotion the guard shadow-scores the version it replaced on the same
+   events (up to ``HAILSTREAM_GUARD_EVENTS`` = 1,000 paired events): the share of promotions that
+   improved live accuracy over them (goal 100%), the rollbacks, and the update latency (shift ->
+   detection -> drift fine-tune -> swap).
 
-Writes ``bench/results/lifecycle_latency.json`` and ``.md``.
+    python bench/lifecycle_latency.py            # ~5-8 minutes
+    python bench/lifecycle_latency.py --drift    # ~3-10 minutes (the demo trains its model first unless cached)
+
+Writes ``bench/results/lifecycle_latency.json`` and ``.md`` (``lifecycle_drift.*`` with ``--drift``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -168,6 +177,75 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def drift_scenario(limit: int, tmp: Path) -> dict[str, Any]:
+    """Run ``hailstream demo --drift --limit N`` and judge its promotions by the guard's verdicts."""
+    summary_path = tmp / "drift-summary.json"
+    exe = shutil.which("hailstream") or str(Path(sys.executable).parent / "hailstream")
+    cmd = [exe, "demo", "--drift", "--limit", str(limit), "--summary-json", str(summary_path),
+           "--metrics-port", "0", "--trainer-metrics-port", "0"]
+    started = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    summary = json.loads(summary_path.read_text())
+    run_dir = Path(summary["run_dir"])
+    worker = json.loads((run_dir / "stats.json").read_text())
+    trainer = json.loads((run_dir / "trainer.json").read_text())
+    verdicts = worker.get("guard_verdicts", [])
+    promoted = [h for h in trainer.get("history", []) if h.get("outcome") == "promoted"]
+    judged = {v["version"]: v for v in verdicts}
+    rows = []
+    for h in promoted:
+        v = judged.get(h["version"])
+        rows.append({"version": h["version"], "reason": h["reason"],
+                     "gate": {"candidate": h["candidate"].get("ndcg@10"), "live": h["live"].get("ndcg@10")},
+                     "guard": v, "improved": None if v is None else v["new"] > v["old"]})
+    decided = [r for r in rows if r["improved"] is not None]
+    return {
+        "command": " ".join(["hailstream", *cmd[1:]]), "seconds": time.time() - started, "run_dir": str(run_dir),
+        "promotions": len(promoted), "fine_tunes": trainer.get("fine_tunes"), "outcomes": trainer.get("outcomes"),
+        "rollbacks": worker.get("rollbacks", 0), "rolled_back": trainer.get("rolled_back", []),
+        "judged": len(decided), "improved_share": (sum(r["improved"] for r in decided) / len(decided)) if decided else None,
+        "rows": rows, "drift": summary.get("drift"), "prequential": summary.get("scorers") or summary.get("prequential"),
+    }
+
+
+def drift_markdown(res: dict[str, Any]) -> str:
+    d = res["drift_scenario"]
+    lines = ["# Lifecycle in the drift scenario: do promotions improve live accuracy?", "",
+             f"{res['date']} · {res['machine']} · load average at start {res['loadavg_start']} · `{res['command']}` "
+             f"(runs `{d['command']}`, {d['seconds']:.0f} s)", "",
+             *[f"- Note: {n}" for n in res.get("notes", [])], "",
+             "Each promoted version, judged by the worker's post-swap guard: the new and the previous version scored "
+             "on the same events after the swap (NDCG@10, prequential, up to 1,000 paired events).", "",
+             "| version | trigger | gate NDCG@10 cand / live | guard verdict | pairs | new | previous | improved |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        g, v = r["gate"], r["guard"]
+        gate = f"{g['candidate']:.4f} / {g['live']:.4f}" if g["candidate"] is not None else "-"
+        if v is None:
+            lines.append(f"| {r['version']} | {r['reason']} | {gate} | none (replaced before a verdict, or not served) "
+                         "| - | - | - | - |")
+        else:
+            lines.append(f"| {r['version']} | {r['reason']} | {gate} | {v['action']} | {v['n']} | {v['new']:.4f} | "
+                         f"{v['old']:.4f} | {'yes' if r['improved'] else 'no'} |")
+    share = d["improved_share"]
+    lines += ["", f"promotions: {d['promotions']} (fine-tunes {d['fine_tunes']}, outcomes {d['outcomes']}); judged by the "
+              f"guard: {d['judged']}; improved live accuracy: **{'-' if share is None else f'{share:.0%}'}** (goal 100%); "
+              f"rollbacks: **{d['rollbacks']}** {d['rolled_back']}", ""]
+    drift = d.get("drift") or {}
+    if drift:
+        first, ft, swap = drift.get("first_detection") or {}, drift.get("finetune") or {}, drift.get("swap") or {}
+        hr = (drift.get("window_hr@10") or {}).get("model", {})
+        lines += ["Update latency after the shift at event {:,}: first detection {} after {} events; drift fine-tune "
+                  "{} {} ({} s); swap to {} {} events after the shift. Windowed HR@10 of the model: before {}, "
+                  "lowest {}, at the swap {}, end {}.".format(
+                      drift.get("at", 0), first.get("detector"), first.get("delay_events"), ft.get("outcome"),
+                      ft.get("version"), None if ft.get("seconds") is None else round(ft["seconds"], 1),
+                      swap.get("version"), swap.get("after_drift_events"),
+                      *(None if hr.get(k) is None else round(hr[k], 3) for k in ("before", "lowest_after", "at_swap", "end"))),
+                  ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--measure", type=float, default=20.0, help="seconds of each throughput measurement")
@@ -175,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="events/s during the latency runs")
     ap.add_argument("--runs", type=int, default=2, help="latency measurements")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune steps of the latency runs (default: TrainerSettings)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lifecycle_latency.json"))
+    ap.add_argument("--out", default=None, help="result file (default bench/results/lifecycle_latency.json, "
+                    "lifecycle_drift.json with --drift)")
+    ap.add_argument("--drift", action="store_true", help="run the drift scenario (hailstream demo --drift) instead")
+    ap.add_argument("--drift-limit", type=int, default=10_000, help="events the drift scenario replays")
+    ap.add_argument("--note", action="append", default=[], help="a note recorded with the results (e.g. the load)")
     args = ap.parse_args(argv)
+    default = "lifecycle_drift.json" if args.drift else "lifecycle_latency.json"
+    args.out = args.out or str(ROOT / "bench" / "results" / default)
     from stream.settings import TrainerSettings
 
     torch.set_num_threads(1)
@@ -185,7 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         **run_header(),
         "settings": vars(args),
         "trainer_config": {**TrainerSettings().model_dump(mode="json"), **({"steps": args.steps} if args.steps else {})},
+        "notes": list(args.note),
     }
+    if args.drift:
+        res["drift_scenario"] = drift_scenario(args.drift_limit, tmp)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, default=str))
+        out.with_suffix(".md").write_text(drift_markdown(res))
+        print(drift_markdown(res))
+        return 0
     events = load_dataset("foursquare-nyc")
     known, _ = split_stream(events)  # block T0
     vocab = ItemVocab(dict.fromkeys(known.items.tolist()))

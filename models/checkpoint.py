@@ -55,6 +55,8 @@ _DIGEST_KEY = "sha256"
 _REQUIRED = ("format", "config", "vocab", "meta", "n_rows", _DIGEST_KEY)
 # A header larger than this is not one we wrote (the vocabulary of a million items is ~20 MB).
 _MAX_HEADER_BYTES = 512 * 1024 * 1024
+# More item rows than any vocabulary we build (a bounded vocabulary defaults to 100,000 items).
+_MAX_ROWS = 50_000_000
 
 
 @dataclass
@@ -90,16 +92,17 @@ def _split_file(data: bytes, where: str) -> tuple[dict[str, Any], bytes]:
 def _parse_header(data: bytes, where: str) -> tuple[dict[str, Any], bytes]:
     if len(data) < 8:
         raise CheckpointError(f"{where} is truncated ({len(data)} bytes); copy the checkpoint again")
+    # Messages never quote the file: whatever a user names as a checkpoint may be a secret.
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8 or n > _MAX_HEADER_BYTES:
         raise CheckpointError(
-            f"{where} is truncated or not a safetensors file (header says {n} bytes, file has "
-            f"{len(data) - 8}); copy the checkpoint again"
+            f"{where} is truncated or not a safetensors file (its header does not fit in its "
+            f"{len(data)} bytes); copy the checkpoint again"
         )
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where} has a corrupt header ({e}); it is damaged or not a checkpoint") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{where} has a corrupt header; it is damaged or not a checkpoint") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{where} has a corrupt header (not a JSON object)")
     return header, data[8 + n :]
@@ -198,9 +201,8 @@ def _read_verified(path: Path) -> tuple[dict[str, str], bytes]:
     header, body = _split_file(data, str(path))
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"{path} is not a {FORMAT} file (format {found!r}); it was not written by save_checkpoint "
+            f"{path} is not a {FORMAT} file; it was not written by save_checkpoint "
             "or by a compatible hailstream version"
         )
     missing = [k for k in _REQUIRED if not isinstance(meta.get(k), str)]
@@ -217,8 +219,26 @@ def _read_verified(path: Path) -> tuple[dict[str, str], bytes]:
 def _parse_json(meta: dict[str, str], key: str, path: Path) -> Any:
     try:
         return json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: field {key!r} is not valid JSON ({e})") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: field {key!r} is not valid JSON; the file is damaged") from None
+
+
+def _check_shapes(path: Path, config: HailConfig, n_rows: int, header_shapes: dict[str, list[int]]) -> None:
+    """Refuse a file whose tensors are not what ``config`` and ``n_rows`` build, before anything
+    is allocated: a crafted header (a valid digest is no proof of origin) could otherwise ask
+    for any amount of memory. The expected shapes come from a model on the ``meta`` device,
+    which has shapes but no storage."""
+    from models.hail import HAIL
+
+    if not 1 <= n_rows <= _MAX_ROWS:
+        raise CheckpointError(f"{path}: item table of {n_rows} rows is outside 1..{_MAX_ROWS}; the file is not ours")
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in HAIL(config, n_rows).state_dict().items()}
+    if expected != header_shapes:
+        names = sorted(set(expected) ^ set(header_shapes)) or sorted(
+            k for k in expected if expected[k] != header_shapes.get(k))
+        raise CheckpointError(f"{path}: weights do not fit the stored config ({', '.join(names[:5])}); "
+                              "the file is damaged or not ours")
 
 
 def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -246,15 +266,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     meta, data = _read_verified(path)
     try:
-        tensors = st_load(data)
-    except Exception as e:  # safetensors raises its own error types; all mean "damaged"
-        raise CheckpointError(f"{path}: tensor data is unreadable ({e}); the file is damaged") from None
-    try:
         config = HailConfig.from_dict(_parse_json(meta, "config", path))
         vocab = ItemVocab.from_list(_parse_json(meta, "vocab", path))
         n_rows = int(meta["n_rows"])
     except (ModelsError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: config or vocabulary is invalid: {e}") from None
+    header, _ = _split_file(data, str(path))
+    _check_shapes(path, config, n_rows, {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    try:
+        tensors = st_load(data)
+    except Exception:  # safetensors raises its own error types; all mean "damaged"
+        raise CheckpointError(f"{path}: tensor data is unreadable; the file is damaged") from None
     if vocab.rows > n_rows:
         raise CheckpointError(f"{path}: vocabulary ({vocab.rows} rows) is larger than the model ({n_rows})")
     user_meta = _parse_json(meta, "meta", path)

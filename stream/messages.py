@@ -12,6 +12,12 @@ one partition and keep their order (a rollback announced after a promotion is ap
   ``at_event``, ``value``, ``baseline``, ``source``); the trainer treats it as a fine-tune trigger.
 - :class:`TriggerRequest` (``"trigger"``) — from an operator or a benchmark: fine-tune now
   (``reason``, default ``manual``).
+- :class:`RollbackNotice` (``"rollback"``) — from a worker whose post-swap guard
+  (:mod:`stream.worker.guard`) found ``version`` (``number``) worse than ``previous`` on the same
+  events (``verdict``: scores, pairs, reason; ``source``): the worker already serves ``previous``
+  again; the trainer marks ``version`` rejected in the store, fine-tunes from the store's live
+  version again and re-announces it (``"model"``, reason ``rollback``) so that every worker serves
+  it; workers never swap to a version they saw rolled back.
 
 Unknown types are ignored by every reader, so new message kinds can be added without breaking
 running processes.
@@ -36,7 +42,8 @@ CONTROL_KEY = b"hailstream-model"
 MODEL = "model"
 DRIFT = "drift"
 TRIGGER = "trigger"
-TYPES = (MODEL, DRIFT, TRIGGER)
+ROLLBACK = "rollback"
+TYPES = (MODEL, DRIFT, TRIGGER, ROLLBACK)
 
 _DIGITS = re.compile(r"\d+")
 
@@ -125,7 +132,27 @@ class TriggerRequest:
         return _dump(self.to_dict())
 
 
-ControlMessage = ModelAnnouncement | DriftSignal | TriggerRequest
+@dataclass(frozen=True)
+class RollbackNotice:
+    """A worker rolled ``version`` back to ``previous`` (see :mod:`stream.worker.guard`)."""
+
+    type: ClassVar[str] = ROLLBACK
+    version: str
+    number: int
+    previous: str
+    verdict: dict[str, Any] = field(default_factory=dict)
+    reason: str = "guard"
+    source: str = ""
+    sent_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return _dump(self.to_dict())
+
+
+ControlMessage = ModelAnnouncement | DriftSignal | TriggerRequest | RollbackNotice
 
 
 def model_message(
@@ -158,6 +185,14 @@ def trigger_message(reason: str = "manual", now: float | None = None) -> bytes:
     return TriggerRequest(reason, time.time() if now is None else now).to_json()
 
 
+def rollback_message(
+    version: str, number: int, previous: str, verdict: dict[str, Any], source: str = "", now: float | None = None
+) -> bytes:
+    """A worker rolled ``version`` back to ``previous`` (see :mod:`stream.worker.guard`)."""
+    return RollbackNotice(version, int(number), previous, verdict, "guard", source,
+                          time.time() if now is None else now).to_json()
+
+
 def parse_control(raw: bytes | None) -> ControlMessage | None:
     """The typed message, or None when it is not a control message we understand (bad JSON, not an
     object, unknown or missing type, missing or mistyped fields, a model message without
@@ -179,6 +214,12 @@ def parse_control(raw: bytes | None) -> ControlMessage | None:
                 msg.get("sha256"), msg.get("parent"), dict(msg.get("metrics") or {}), str(msg.get("reason") or ""),
                 msg.get("announced_at"),
             )
+        if msg["type"] == ROLLBACK:
+            if not isinstance(msg.get("version"), str):
+                return None
+            return RollbackNotice(msg["version"], int(msg.get("number") or version_number(msg["version"])),
+                                  str(msg.get("previous") or ""), dict(msg.get("verdict") or {}),
+                                  str(msg.get("reason") or "guard"), str(msg.get("source") or ""), msg.get("sent_at"))
         if msg["type"] == DRIFT:
             return DriftSignal(str(msg.get("detector")), int(msg.get("at_event") or 0), float(msg.get("value") or 0.0),
                                float(msg.get("baseline") or 0.0), str(msg.get("source") or ""), msg.get("sent_at"))

@@ -48,7 +48,9 @@ class WorkerSnapshot(_Snapshot):
     ``prequential`` maps each scorer (:data:`MODEL_SCORER` and the baselines) to its summary
     (``hr@k``, ``window_hr@k``, ``n``, ``cold``, ...); ``latency_s`` holds ``p50``/``p99``/``max``
     event -> prediction seconds; ``busy_s`` the seconds per phase. ``swaps``, ``swap_failures``,
-    ``last_swap`` and ``drift`` exist (not None) when operations run (metrics, drift, hot swap).
+    ``last_swap``, ``rollbacks``, ``guard_verdicts`` (the post-swap guard's last 20), ``guard`` (the
+    guard window running now, or None) and ``drift`` exist when operations run (metrics, drift, hot
+    swap).
     """
 
     events: int = 0
@@ -74,13 +76,16 @@ class WorkerSnapshot(_Snapshot):
     swaps: int | None = None
     swap_failures: int | None = None
     last_swap: dict[str, Any] | None = None
+    rollbacks: int | None = None
+    guard_verdicts: list[dict[str, Any]] | None = None
+    guard: dict[str, Any] | None = None
     #: ``{"detections": [...], "published": n, "states": [...]}``
     drift: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if self.swaps is None:
-            for key in ("swaps", "swap_failures", "last_swap"):
+            for key in ("swaps", "swap_failures", "last_swap", "rollbacks", "guard_verdicts", "guard"):
                 del d[key]
         if self.drift is None:
             del d["drift"]
@@ -97,6 +102,8 @@ class TrainerSnapshot(_Snapshot):
     warm_events: int = 0
     invalid: int = 0
     live_version: str = ""
+    #: versions a worker's post-swap guard rolled back (marked rejected in the store)
+    rolled_back: list[str] = field(default_factory=list)
     fine_tunes: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     running: bool = False

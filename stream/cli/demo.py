@@ -90,7 +90,7 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
 def trainer_sizing(stream_events: int) -> dict[str, Any]:
     """The trainer's lifecycle settings (flat names) for a demo replaying ``stream_events`` events, sized so that
     a fine-tune finishes within a short demo on two CPU cores: a window of a fifth of the stream
-    (600..2000 events) with a tenth of it held out for the gate, a fine-tune every tenth of the
+    (600..2000 events) with a tenth of it (at least 200 events, the gate's minimum) held out for the gate, a fine-tune every tenth of the
     stream (at least 500 events apart; and on every drift signal, once twice the held-out slice
     of new events arrived), 60 steps of 32 windows at learning rate 0.003: enough to relearn renamed items within
     a few fine-tunes (``--drift``), while the gate rejects candidates that would be worse.
@@ -99,7 +99,7 @@ def trainer_sizing(stream_events: int) -> dict[str, Any]:
     [('trainer_batch_size', 32), ('trainer_every_events', 1000), ('trainer_holdout', 200)]
     """
     window = min(2000, max(600, stream_events // 5))
-    return {"trainer_window": window, "trainer_holdout": max(100, window // 10), "trainer_reservoir": window // 10,
+    return {"trainer_window": window, "trainer_holdout": max(200, window // 10), "trainer_reservoir": window // 10,
             "trainer_every_events": max(500, stream_events // 10), "trainer_min_new_events": max(100, window // 6),
             "trainer_steps": 60, "trainer_batch_size": 32, "trainer_lr": 0.003}
 

@@ -34,6 +34,7 @@ class RunView:
     def __init__(self) -> None:
         self.versions: list[str] = []
         self.finetunes_seen = 0
+        self.verdicts_seen = 0
         self.detections_seen: set[tuple[str, int]] = set()
         self.urls: dict[str, str] = {}
 
@@ -57,6 +58,10 @@ class RunView:
             for i, h in enumerate(new, start=self.finetunes_seen + 1):
                 news.append(finetune_line(i, h))
             self.finetunes_seen = max(self.finetunes_seen, total)
+        verdicts = worker.guard_verdicts or []  # the post-swap guard's (last 20)
+        for v in verdicts[self.verdicts_seen:]:
+            news.append(f"guard: {v.get('action')} {v.get('version')} ({v.get('reason')})")
+        self.verdicts_seen = max(self.verdicts_seen, len(verdicts))
         version = worker.live_model_version or worker.model_version
         if version and (not self.versions or self.versions[-1] != str(version)):
             if self.versions:
@@ -198,6 +203,8 @@ def summarize(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, versions:
         "prequential": scorers,
         "model_versions_served": versions_served(versions, timeline),
         "swaps": worker.swaps or 0,
+        "rollbacks": worker.rollbacks or 0,
+        "guard_verdicts": worker.guard_verdicts or [],
         "drift_detections": drift_count(worker, timeline),
         "finetunes": int(trainer.fine_tunes),
         "promotions": int(outcomes.get("promoted", 0)),

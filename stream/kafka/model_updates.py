@@ -4,7 +4,9 @@ The topic is the log of what to serve: :class:`ModelUpdatesReader` reads it *fro
 (kafka-python, no consumer group, every partition assigned), so that the reader learns the
 current state without trusting ``seek_to_end`` (ListOffsets under-reports the end on some brokers,
 BROKER.md). Messages older than the reader's start ("history": before the position first reached
-the fetch high watermark) and new ones ("live") are both passed to the handler, flagged, so that
+the fetch high watermark, and produced before the reader started) and new ones ("live": read after
+catching up, or stamped at or after the reader's start, so a signal sent while the reader is still
+reading the history is not mistaken for history) are both passed to the handler, flagged, so that
 each process decides: the worker applies only the newest historical model announcement, and only
 when it is newer than what it serves; the trainer ignores historical drift signals.
 
@@ -52,6 +54,8 @@ class ModelUpdatesReader:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.messages = 0
         self.errors = 0
+        self.started_at = time.time()
+        self._handled: dict[Any, int] = {}  # partition -> last offset handed to the handler
 
     def start(self) -> ModelUpdatesReader:
         self._thread.start()
@@ -111,14 +115,17 @@ class ModelUpdatesReader:
         while not self._stop.is_set():
             batch = consumer.poll(timeout_ms=self.poll_ms)
             live = self.caught_up.is_set()
-            for records in batch.values():
+            for tp, records in batch.items():
                 for r in records:
+                    if r.offset <= self._handled.get(tp, -1):
+                        continue  # re-read after a reconnect: already handled
+                    self._handled[tp] = r.offset
                     msg = parse_control(r.value)
                     if msg is None:
                         continue
                     self.messages += 1
                     try:
-                        self.handler(msg, live)
+                        self.handler(msg, live or self._produced_since_start(r))
                     except Exception:
                         self.errors += 1
                         log.exception("handling a model-updates message failed: %s", msg)
@@ -130,6 +137,10 @@ class ModelUpdatesReader:
                     except Exception:
                         self.errors += 1
                         log.exception("applying the model-updates history failed")
+
+    def _produced_since_start(self, record: Any) -> bool:
+        stamp = getattr(record, "timestamp", None)  # milliseconds (CreateTime), or -1/None when unknown
+        return stamp is not None and stamp >= 0 and stamp / 1000.0 >= self.started_at
 
     @staticmethod
     def _at_end(consumer: Any, tp: Any) -> bool:

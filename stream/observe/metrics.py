@@ -46,6 +46,8 @@ DEAD_LETTER_REASONS = (*REASONS, INTERNAL_ERROR)
 FINETUNE_OUTCOMES = ("promoted", "rejected", "failed")
 #: What starts a fine-tune.
 TRIGGER_REASONS = ("schedule", "events", "drift", "manual")
+#: why a served version was rolled back: the worker's post-swap guard (stream.worker.guard)
+ROLLBACK_REASONS = ("guard",)
 #: Detector names of :class:`stream.observe.drift.DriftMonitor` with default names.
 DRIFT_DETECTORS = ("accuracy", "input_unseen", "input_popularity")
 
@@ -188,6 +190,11 @@ class Metrics:
         self.model_swaps = Counter(
             "hailstream_model_swaps_total", "Hot swaps to a new model version.", registry=r
         )
+        self.rollbacks = Counter(
+            "hailstream_rollbacks_total",
+            "Served versions rolled back to the previous one, by reason (guard: worse than it on the same events).",
+            ["reason"], registry=r,
+        )
         self.vocabulary_items = Gauge(
             "hailstream_vocabulary_items", "Items in the live model's vocabulary (padding excluded).", registry=r
         )
@@ -222,6 +229,8 @@ class Metrics:
             self.dead_letters.labels(reason=reason)
         for outcome in FINETUNE_OUTCOMES:
             self.finetunes.labels(outcome=outcome)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason=reason)
         for reason in TRIGGER_REASONS:
             self.finetune_triggers.labels(reason=reason)
         for det in DRIFT_DETECTORS:

@@ -47,6 +47,16 @@ class WorkerSettings(BaseModel):
     web_bind: str = Field("127.0.0.1", description="Faust web server address (the server stays off)")
     web_port: int = Field(6066, description="Faust web server port")
     metrics_port: int = Field(9464, description="/metrics port on metrics_bind (0 = any free port)")
+    # the post-swap guard (stream.worker.guard)
+    guard_events: int = Field(1000, description="post-swap guard: scored events per window (0 = no guard)")
+    guard_min_events: int = Field(200, description="post-swap guard: the fewest scored pairs before a rollback")
+    guard_tolerance: float = Field(0.0, description="post-swap guard: how much worse the new version may be")
+    guard_confidence: float = Field(0.95, description="post-swap guard: confidence of a rollback, in [0.5, 1)")
+    # the drift detectors (stream.observe.drift)
+    adwin_delta: float = Field(0.002, description="ADWIN's delta (smaller = fewer, later detections; tune per data set)")
+    drift_min_drop: float = Field(0.125, description="smallest accuracy drop reported, relative to the level before")
+    drift_min_effect: float = Field(0.05, description="input popularity drift: relative excess over the threshold")
+    drift_persistence: int = Field(3, description="input drift: checks in a row over the threshold")
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
@@ -60,6 +70,16 @@ class WorkerSettings(BaseModel):
         for name in ("web_port", "metrics_port"):
             if not 0 <= int(getattr(self, name)) <= 65535:
                 raise SettingsError(f"HAILSTREAM_{name.upper()} ({name}) must be a TCP port 0..65535, got {getattr(self, name)!r}")
+        if self.guard_events < 0 or self.guard_min_events < 1 or self.guard_tolerance < 0:
+            raise SettingsError("HAILSTREAM_GUARD_EVENTS must be >= 0 (0 = no post-swap guard), HAILSTREAM_GUARD_MIN_EVENTS "
+                                ">= 1 and HAILSTREAM_GUARD_TOLERANCE >= 0")
+        if not 0.5 <= self.guard_confidence < 1:
+            raise SettingsError(f"HAILSTREAM_GUARD_CONFIDENCE (guard_confidence) must be in [0.5, 1), got {self.guard_confidence!r}")
+        if not 0 < self.adwin_delta < 1:
+            raise SettingsError(f"HAILSTREAM_ADWIN_DELTA (adwin_delta) must be in (0, 1), got {self.adwin_delta!r}")
+        if not 0 <= self.drift_min_drop < 1 or self.drift_min_effect < 0 or self.drift_persistence < 1:
+            raise SettingsError("HAILSTREAM_DRIFT_MIN_DROP must be in [0, 1), HAILSTREAM_DRIFT_MIN_EFFECT >= 0 and "
+                                "HAILSTREAM_DRIFT_PERSISTENCE >= 1")
         return self
 
 
@@ -68,7 +88,12 @@ class TrainerSettings(BaseModel):
     step) and the process. ``min_idle`` (events an item must be unseen before its row may be
     recycled) defaults to ``window``; ``item_capacity=None`` lets the vocabulary grow without
     bound. ``keep_rejected`` keeps rejected candidates' weights in the store; ``keep_versions``
-    promoted versions keep their weights (older ones are pruned). A trigger set to ``none`` is off."""
+    promoted versions keep their weights (older ones are pruned). A trigger set to ``none`` is off.
+
+    The gate (:func:`stream.trainer.gate.compare`): a candidate is promoted when at least
+    ``gate_min_events`` held-out events were scored and it beats the live version on them with
+    ``gate_confidence`` (one-sided, paired); ``tolerance`` > 0 lets a candidate through that is
+    worse by at most that much (absolute ``gate_metric``), e.g. 1.0 promotes every candidate."""
 
     model_config = _CONFIG
 
@@ -94,6 +119,8 @@ class TrainerSettings(BaseModel):
     batch_size: int = Field(32, description="training windows per step")
     weight_decay: float = Field(0.0, description="AdamW weight decay")
     tolerance: float = Field(0.0, description="the candidate may be this much worse than live on the gate metric")
+    gate_min_events: int = Field(200, description="held-out events the gate needs scored before it may promote")
+    gate_confidence: float = Field(0.95, description="the gate's one-sided paired confidence, in [0.5, 1)")
     gate_metric: str = Field("ndcg@10", description=f"validation gate metric: {', '.join(GATE_METRICS)}")
     k: int = Field(10, description="cut-off of the gate metrics (10)")
     item_capacity: int | None = Field(100_000, description="rows of the item vocabulary (none = unbounded)")
@@ -125,6 +152,13 @@ class TrainerSettings(BaseModel):
                 raise fail(name, f"must be > 0 (or none to disable that trigger), not {v!r}")
         if self.drift_wait is not None and self.drift_wait < 0:
             raise fail("drift_wait", f"must be >= 0 events (or none for 2 x holdout), not {self.drift_wait}")
+        if 0 < self.holdout < self.gate_min_events:
+            raise SettingsError(
+                f"HAILSTREAM_TRAINER_HOLDOUT: holdout ({self.holdout} events) < gate_min_events ({self.gate_min_events}): "
+                "the gate would reject every candidate; hold out more events or lower gate_min_events"
+            )
+        if not 0.5 <= self.gate_confidence < 1:
+            raise fail("gate_confidence", f"must be in [0.5, 1), not {self.gate_confidence!r}")
         if self.steps < 1 or self.batch_size < 1 or self.min_new_events < 0 or self.tolerance < 0:
             raise SettingsError("HAILSTREAM_TRAINER_STEPS and _BATCH_SIZE must be >= 1, "
                                 "_MIN_NEW_EVENTS and _TOLERANCE >= 0")

@@ -18,9 +18,12 @@ streaming benchmark runs in-process on a replayed event sequence (same code, sam
    fine-tuned with its own loss (all K peers jointly with MED for HAIL; bounded steps,
    :func:`models.trainer.fine_tune`) on the window minus its newest ``holdout`` events plus the
    reservoir; then the **validation gate**: candidate and live model both replay the held-out
-   slice prequentially (each event scored against the top-k after the history before it) and
-   the candidate passes when its ``gate_metric`` is not below the live one's by more than
-   ``tolerance``.
+   slice prequentially (each event scored against the top-k after the history before it; the
+   slice is the window's newest ``holdout`` events by event time, which the candidate never
+   trained on) and :func:`stream.trainer.gate.compare` decides on the paired per-event ``gate_metric``:
+   at least ``gate_min_events`` scored events, and the candidate better than live with
+   ``gate_confidence`` (or, with ``tolerance > 0``, worse by at most ``tolerance``). A tie is a
+   rejection: only evidence promotes.
 4. :meth:`Learner.finish` promotes (a new store version, the new live model) or rejects (recorded,
    counted). The caller announces promotions (see ``stream.trainer.process``).
 
@@ -30,7 +33,8 @@ streaming benchmark runs in-process on a replayed event sequence (same code, sam
 >>> torch.manual_seed(0) and None
 >>> vocab = ItemVocab(["a", "b", "c"])
 >>> model = HAIL(HailConfig(hidden=8, layers=1, max_len=5, dropout=0.0), vocab.rows)
->>> cfg = TrainerSettings(window=40, holdout=8, every_events=30, min_new_events=10, steps=5, tolerance=1.0)
+>>> cfg = TrainerSettings(window=40, holdout=8, every_events=30, min_new_events=10, steps=5, tolerance=1.0,
+...                       gate_min_events=8)
 >>> learner = Learner(model, vocab, "v1", 1, cfg)
 >>> for n in range(30):
 ...     _ = learner.learn_one(f"u{n % 3}", "abcd"[n % 4])
@@ -60,6 +64,7 @@ from models.vocab import ItemVocab
 from stream.errors import StreamError
 from stream.messages import version_label
 from stream.settings import TrainerSettings
+from stream.trainer.gate import compare
 from stream.trainer.model_store import ModelStore
 from stream.trainer.window import TrainingWindow
 from stream.worker.recommender import OnlineRecommender
@@ -104,6 +109,7 @@ class Outcome:
     number: int | None = None
     candidate: dict[str, float] = field(default_factory=dict)
     live: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
     loss: float = float("nan")
     first_loss: float = float("nan")
     last_loss: float = float("nan")
@@ -125,12 +131,38 @@ class Outcome:
         return {k: v for k, v in self.__dict__.items() if k not in ("model", "vocab")}
 
 
+METRIC_COLUMNS = ("hr", "ndcg", "mrr")
+
+
+def score_pairs(
+    model: HAIL, vocab: ItemVocab, pairs: Sequence[tuple[Sequence[str], str]], k: int = 10, batch_size: int = 256
+) -> np.ndarray:
+    """Per-event HR/NDCG/MRR@k [n, 3] of ``model`` on (history, next item) pairs of external ids:
+    each pair is scored against the top-k the model gives after its history (unknown ids are
+    dropped; a history with no known item gets an empty list, a miss)."""
+    rec = OnlineRecommender(model, vocab, "gate")
+    rows = np.zeros((len(pairs), 3))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        answers = rec.recommend_batch([h for h, _ in chunk], k)
+        for j, ((items, _), (_, actual)) in enumerate(zip(answers, chunk, strict=True)):
+            rows[start + j] = topk_metrics(items[:k], actual)
+    return rows
+
+
+def summarise(rows: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Means of :func:`score_pairs` rows as ``{"hr@k", "ndcg@k", "mrr@k", "n"}``."""
+    n = len(rows)
+    means = rows.mean(axis=0).tolist() if n else [0.0, 0.0, 0.0]
+    out: dict[str, float] = {f"{c}@{k}": v for c, v in zip(METRIC_COLUMNS, means, strict=True)}
+    out["n"] = n
+    return out
+
+
 def gate_scores(
     model: HAIL, vocab: ItemVocab, pairs: Sequence[tuple[Sequence[str], str]], k: int = 10, batch_size: int = 256
 ) -> dict[str, float]:
-    """Prequential HR/NDCG/MRR@k of ``model`` on (history, next item) pairs of external ids:
-    each pair is scored against the top-k the model gives after its history (unknown ids are
-    dropped; a history with no known item gets an empty list, a miss).
+    """Prequential HR/NDCG/MRR@k of ``model`` on (history, next item) pairs (see :func:`score_pairs`).
 
     >>> from models.hail import HailConfig
     >>> v = ItemVocab(["a", "b"]); m = HAIL(HailConfig(hidden=8, layers=1, max_len=3), v.rows)
@@ -138,16 +170,7 @@ def gate_scores(
     >>> s["hr@10"], s["n"]
     (0.5, 2)
     """
-    rec = OnlineRecommender(model, vocab, "gate")
-    sums = np.zeros(3)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        answers = rec.recommend_batch([h for h, _ in chunk], k)
-        for (items, _), (_, actual) in zip(answers, chunk, strict=True):
-            sums += topk_metrics(items[:k], actual)
-    n = len(pairs)
-    hr, nd, rr = (sums / n).tolist() if n else (0.0, 0.0, 0.0)
-    return {f"hr@{k}": hr, f"ndcg@{k}": nd, f"mrr@{k}": rr, "n": n}
+    return summarise(score_pairs(model, vocab, pairs, k, batch_size), k)
 
 
 class Learner:
@@ -275,9 +298,14 @@ class Learner:
                 raise StreamError(f"fine-tune diverged (loss {out.last_loss}); lower the learning rate")
             out.model, out.vocab = cand, job.vocab
             if job.holdout:
-                out.candidate = gate_scores(cand, job.vocab, job.holdout, cfg.k)
-                out.live = gate_scores(job.base.model, job.base.vocab, job.holdout, cfg.k)
-                ok = out.candidate[cfg.gate_metric] >= out.live[cfg.gate_metric] - cfg.tolerance
+                cand_rows = score_pairs(cand, job.vocab, job.holdout, cfg.k)
+                live_rows = score_pairs(job.base.model, job.base.vocab, job.holdout, cfg.k)
+                out.candidate, out.live = summarise(cand_rows, cfg.k), summarise(live_rows, cfg.k)
+                col = METRIC_COLUMNS.index(cfg.gate_metric.split("@")[0])
+                verdict = compare(cand_rows[:, col], live_rows[:, col], min_events=cfg.gate_min_events,
+                                  tolerance=cfg.tolerance, confidence=cfg.gate_confidence)
+                out.gate = verdict.to_dict()
+                ok = verdict.ok
             else:
                 ok = True  # no held-out slice configured: trust the fine-tune
             out.outcome = "promoted" if ok else "rejected"
@@ -293,7 +321,7 @@ class Learner:
         if out.parent != self.live.version:  # the live version changed meanwhile (not by us)
             out.outcome, out.error = "failed", f"live version moved from {out.parent} to {self.live.version}"
         out.parent_number = self.live.number
-        metrics = {"candidate": out.candidate, "live": out.live, "loss": out.last_loss, "train_rows": out.train_rows,
+        metrics = {"candidate": out.candidate, "live": out.live, "gate": out.gate, "loss": out.last_loss, "train_rows": out.train_rows,
                    "holdout": out.holdout, "seconds": out.seconds, "requested_at": out.requested_at}
         if out.outcome == "promoted" and out.model is not None and out.vocab is not None:
             if self.store is not None:
@@ -313,9 +341,10 @@ class Learner:
             out.version, out.number = info.label, info.version
         self.outcomes[out.outcome] = self.outcomes.get(out.outcome, 0) + 1
         self.history.append(out.summary())
-        log.info("fine-tune (%s): %s %s; gate %s %.4f vs live %.4f; %.1f s", out.reason, out.outcome,
+        log.info("fine-tune (%s): %s %s; gate %s %.4f vs live %.4f (%s); %.1f s", out.reason, out.outcome,
                  out.version or "", cfg.gate_metric, out.candidate.get(cfg.gate_metric, float("nan")),
-                 out.live.get(cfg.gate_metric, float("nan")), out.seconds)
+                 out.live.get(cfg.gate_metric, float("nan")), out.gate.get("reason", "no held-out slice"),
+                 out.seconds)
         return out
 
     def step(self, now: float | None = None) -> Outcome | None:

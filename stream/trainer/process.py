@@ -5,7 +5,10 @@ waits for training).
   the fast session settings of BROKER.md) and feeds every valid event to a
   :class:`stream.trainer.learner.Learner` (window, reservoir, bounded vocabulary).
 - Reads the model-updates topic (:class:`stream.kafka.model_updates.ModelUpdatesReader`): ``drift`` messages from
-  the workers and ``trigger`` messages request a fine-tune.
+  the workers and ``trigger`` messages request a fine-tune; a ``rollback`` from a worker's
+  post-swap guard marks that version ``rejected`` in the store and, when it was the live one,
+  makes the store's live version (its predecessor) the one to fine-tune from, re-announced on the
+  topic (reason ``rollback``) so that every worker serves it.
 - Fine-tunes in a background thread, so consumption goes on meanwhile (torch gets ``threads``
   intra-op threads, 1 by default, and the thread runs at a lower CPU priority, ``nice`` 10 by
   default, so that a worker sharing the machine keeps its throughput); the outcome is applied in the

@@ -1,6 +1,6 @@
 """The trainer's loop (:class:`TrainerRuntime`): consume the interactions topic into the learner,
-follow the model-updates topic (drift signals, triggers, operators' promotions), run fine-tunes in
-a background thread, announce promoted versions, export metrics and the stats file."""
+follow the model-updates topic (drift signals, triggers, operators' promotions, workers' rollbacks),
+run fine-tunes in a background thread, announce promoted versions, export metrics and the stats file."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stream.errors import StreamError
 from stream.kafka.clients import make_consumer, make_producer
 from stream.kafka.model_updates import ModelUpdatesReader
 from stream.messages import (
@@ -22,6 +23,7 @@ from stream.messages import (
     ControlMessage,
     DriftSignal,
     ModelAnnouncement,
+    RollbackNotice,
     TriggerRequest,
     model_message,
 )
@@ -77,6 +79,8 @@ class TrainerRuntime:
         self._warm_until: dict[Any, int] = {}
         self._to_rewind: set[Any] = set()
         self._follow: ModelAnnouncement | None = None
+        self._rollbacks: list[RollbackNotice] = []
+        self.rolled_back: list[str] = []
         self._consumer: Any = None
         self._producer: Any = None
         self.started_at = time.time()
@@ -93,9 +97,41 @@ class TrainerRuntime:
         elif isinstance(msg, TriggerRequest):
             reason = msg.reason or "manual"
             self.learner.request(reason if reason in TRIGGER_REASONS else "manual")
+        elif isinstance(msg, RollbackNotice):
+            self._rollbacks.append(msg)
         elif isinstance(msg, ModelAnnouncement) and msg.version != self.learner.live.version:
             # An operator promoted or rolled back (hailstream models ...): fine-tune from that one.
             self._follow = msg
+
+    def _apply_rollbacks(self) -> None:
+        """A worker's guard rolled a version back: reject it in the store; if it was live, go
+        back to the store's live version and announce it (reason ``rollback``)."""
+        while self._rollbacks:
+            msg = self._rollbacks.pop(0)
+            version, store = msg.version, self.learner.store
+            log.warning("worker %s rolled back %s: %s", msg.source or "?", version, msg.verdict.get("reason", ""))
+            if store is None:
+                continue
+            try:
+                number = int(msg.number or version.lstrip("v"))
+                if store.get(number).status == "promoted":
+                    store.set_status(number, "rejected")
+            except (ValueError, StreamError) as e:
+                log.error("cannot mark %s rejected in the store: %s", version, e)
+                continue
+            self.rolled_back.append(version)
+            if version != self.learner.live.version:
+                continue  # already fine-tuning from another version
+            found = store.load_latest()
+            if found is None:
+                log.error("rolled back %s but the store has no other live version", version)
+                continue
+            info, ckpt = found
+            self.learner.set_live(ckpt.model, ckpt.vocab, info.label, info.version)
+            if self.metrics is not None:
+                set_model(self.metrics, info.label, len(ckpt.vocab), swapped=True)
+            self._publish(model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,
+                                        info.parent, info.metrics, reason="rollback"), info.label)
 
     def _follow_store(self) -> None:
         """Make the store's live version the learner's (after an operator's promote/rollback)."""
@@ -206,16 +242,20 @@ class TrainerRuntime:
         metrics = {"candidate": out.candidate, "live": out.live, "trigger": out.reason,
                    "requested_at": out.requested_at, "seconds": out.seconds}
         value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics)
+        self._publish(value, out.version)
+        if self.metrics is not None:
+            set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)
+
+    def _publish(self, value: bytes, version: str) -> None:
+        """A model message on the model-updates topic (waits for the ack)."""
         if self._producer is None:
             self._producer = make_producer(self.settings, linger_ms=0)
         try:
             self._producer.send(self.settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)
             self.announced.append(json.loads(value))
-            log.info("announced %s on %s", out.version, self.settings.model_updates_topic)
+            log.info("announced %s on %s", version, self.settings.model_updates_topic)
         except Exception as e:  # the version is in the store: a restarting worker still finds it
-            log.error("could not announce %s: %s; workers pick it up from the store on restart", out.version, e)
-        if self.metrics is not None:
-            set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)
+            log.error("could not announce %s: %s; workers pick it up from the store on restart", version, e)
 
     @property
     def busy(self) -> bool:
@@ -230,6 +270,7 @@ class TrainerRuntime:
             warm_events=self.warm_events,
             invalid=self.invalid,
             live_version=lrn.live.version,
+            rolled_back=list(self.rolled_back),
             fine_tunes=lrn.fine_tunes,
             outcomes=dict(lrn.outcomes),
             running=self.busy,
@@ -271,6 +312,8 @@ class TrainerRuntime:
                     if self.metrics is not None:
                         self.metrics.events_consumed.inc(len(records))
                 self._finish_job()
+                if self._rollbacks:
+                    self._apply_rollbacks()
                 if self._follow is not None:
                     self._follow_store()
                 if not self.busy:

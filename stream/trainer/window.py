@@ -1,8 +1,10 @@
 """The trainer's memory of the stream: a recent window of events, per-user context, and a reservoir.
 
 - **Window**: the last ``size`` events (and, with ``span``, none older than ``span`` seconds of
-  event time before the newest). Fine-tunes train on it; its newest events are the held-out slice
-  the validation gate replays (:meth:`TrainingWindow.holdout`).
+  event time before the newest). Fine-tunes train on it; its newest events *by event time* are the
+  held-out slice the validation gate replays (:meth:`TrainingWindow.holdout`). Newest by time,
+  not by arrival: a trainer reading several partitions gets them interleaved in whatever order
+  the fetches return, and the gate's slice must not depend on that (ties keep arrival order).
 - **Context**: for each user, the last ``max_len`` items that already left the window, so a
   user's window events are learned with the history that led to them (on sparse streams most
   users have one or two events in any window). At most ``max_users`` users are remembered; the
@@ -131,11 +133,21 @@ class TrainingWindow:
         # The events in order, and each user's context as it was before the window's first event.
         return list(self._events), {u: list(c) for u, c in self._context.items()}
 
+    @staticmethod
+    def _newest(events: list[_Event], n: int) -> set[int]:
+        # Positions of the n newest events by (event time, arrival): the held-out slice.
+        if n <= 0:
+            return set()
+        order = sorted(range(len(events)), key=lambda i: (events[i].ts, i))
+        return set(order[max(0, len(events) - n):])
+
     def sequences(self, exclude_newest: int = 0) -> list[list[str]]:
         """Per user with window events (ordered by first appearance): context + window items,
-        without the newest ``exclude_newest`` events of the window (the held-out slice)."""
+        without the newest ``exclude_newest`` events of the window by event time (the held-out
+        slice)."""
         events, ctx = self._walk()
-        keep = events[: max(0, len(events) - exclude_newest)]
+        held = self._newest(events, exclude_newest)
+        keep = [ev for pos, ev in enumerate(events) if pos not in held]
         seqs: dict[str, list[str]] = {}
         for ev in keep:
             seq = seqs.get(ev.user)
@@ -145,18 +157,18 @@ class TrainingWindow:
         return list(seqs.values())
 
     def holdout(self, n: int) -> list[tuple[list[str], str]]:
-        """The newest ``n`` events as (history before it, its item), in stream order: the history
-        is the user's context and earlier window events (held-out ones included, test-then-learn),
-        cut to ``max_len``."""
+        """The newest ``n`` events by event time as (history before it, its item), in stream
+        order: the history is the user's context and earlier window events (held-out ones
+        included, test-then-learn), cut to ``max_len``."""
         events, ctx = self._walk()
-        start = max(0, len(events) - n)
+        held = self._newest(events, n)
         hist: dict[str, list[str]] = {}
         out: list[tuple[list[str], str]] = []
         for pos, ev in enumerate(events):
             h = hist.get(ev.user)
             if h is None:
                 h = hist[ev.user] = list(ctx.get(ev.user, ()))
-            if pos >= start:
+            if pos in held:
                 out.append((h[-self.max_len :], ev.item))
             h.append(ev.item)
             if len(h) > 2 * self.max_len:

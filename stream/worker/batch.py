@@ -37,6 +37,7 @@ from stream.errors import StreamError
 from stream.records import INTERNAL_ERROR, InvalidEvent, Prediction, dead_letter, parse_interaction
 from stream.settings import Settings
 from stream.snapshots import MODEL_SCORER, SAMPLE_SUFFIX
+from stream.worker.guard import SwapGuard, Verdict
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
 
@@ -104,6 +105,8 @@ class BatchResult:
     updates: dict[str, Update]
     model_version: str
     stats: BatchStats
+    #: the post-swap guard's verdict when this batch ended a guard window (see stream.worker.guard)
+    verdict: Verdict | None = None
 
 
 def new_prequential(k: int, baselines: OnlineBaselines | None = None, window: int = 1000) -> dict[str, Prequential]:
@@ -157,6 +160,7 @@ def process_batch(
     prequential: Mapping[str, Prequential],
     settings: Settings,
     now: Callable[[], float] = time.time,
+    guard: SwapGuard | None = None,
 ) -> BatchResult:
     """Validate, score, update and predict a micro-batch; see the module docstring.
 
@@ -165,6 +169,10 @@ def process_batch(
     written back by the caller. Within the batch the events of one user are applied in order, and
     each prediction sees exactly the user's sequence up to its own event. Never raises for a bad
     or failing event: it becomes a dead letter (``internal_error`` for our own failures).
+
+    With a ``guard`` guarding a swap, the previous version's top-k is computed for every event
+    the new version serves (one more forward pass, never published) and both are scored on the
+    user's next event; :attr:`BatchResult.verdict` carries the guard's verdict when one is due.
     """
     stats = BatchStats(events=len(batch))
     t0 = time.perf_counter()
@@ -217,6 +225,17 @@ def process_batch(
     live = getattr(recommender, "live", None)
     known: Container[str] = live.vocab if live is not None else _Everything()
     version, answers = _recommend(recommender, [p.items for p in pending], k)
+    run = guard.current if guard is not None else None
+    shadow: list[list[str]] | None = None
+    if run is not None and pending:
+        if version == run.new.version:
+            try:
+                shadow = run.shadow_topk([p.items for p in pending], k)
+            except Exception:
+                log.exception("shadow scoring with %s failed for a batch", run.previous.version)
+        if shadow is None:  # these users' next events cannot be paired
+            for p in pending:
+                run.shadow.pop(p.user, None)
     t2 = time.perf_counter()
 
     # 2 + 5: score against the previous prediction, learn the baselines, publish.
@@ -224,11 +243,16 @@ def process_batch(
     results: list[list[str] | None] = []
     model_preq = prequential.get(MODEL_SCORER)
     sample_preq = prequential.get(MODEL_SCORER + SAMPLE_SUFFIX)
-    for p, answer in zip(pending, answers, strict=True):
+    for i, (p, answer) in enumerate(zip(pending, answers, strict=True)):
         try:
             prev = results[p.prev_index] if p.prev_index is not None else p.prev
             if prev is None:
                 stats.cold += 1
+            if run is not None:
+                if p.prev_index is None:
+                    run.score(run.shadow.pop(p.user, None), prev, p.item, k)
+                elif shadow is not None:
+                    run.score(shadow[p.prev_index], prev, p.item, k)
             if model_preq is not None:
                 score = model_preq.update(prev, p.item)
                 hit = None if score is None else score[0]
@@ -261,6 +285,9 @@ def process_batch(
                 stats.latencies.append(produced_at - p.src.timestamp)
             p.state["pred"] = items
             results.append(items)
+            if run is not None and shadow is not None:
+                run.shadow[p.user] = shadow[i]
+                run.served += 1
         except Exception as exc:
             log.exception("internal error on %s:%s:%s", p.src.topic, p.src.partition, p.src.offset)
             stats.dead_letters[INTERNAL_ERROR] += 1
@@ -270,7 +297,7 @@ def process_batch(
         updates[p.user] = Update(p.src.partition, p.state)
         stats.valid += 1
     stats.seconds = {"prepare": t1 - t0, "inference": t2 - t1, "finish": time.perf_counter() - t2}
-    return BatchResult(predictions, dead, updates, version, stats)
+    return BatchResult(predictions, dead, updates, version, stats, run.verdict() if run is not None else None)
 
 
 def _recommend(

@@ -23,10 +23,17 @@ from typing import Any
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.errors import CheckpointError
-from stream.messages import ControlMessage, ModelAnnouncement, version_number
+from stream.messages import (
+    ControlMessage,
+    ModelAnnouncement,
+    RollbackNotice,
+    rollback_message,
+    version_number,
+)
 from stream.observe.feed import set_model
 from stream.observe.metrics import Metrics
 from stream.trainer.model_store import ModelStore, ModelStoreError, VersionInfo
+from stream.worker.guard import SwapGuard, Verdict
 from stream.worker.recommender import OnlineRecommender
 
 log = logging.getLogger(__name__)
@@ -49,17 +56,26 @@ def newer_in_store(model_dir: str | Path, current_version: str) -> tuple[Version
 class HotSwapper:
     """Applies ``model`` messages to ``recommender``; see the module docstring."""
 
-    def __init__(self, recommender: OnlineRecommender, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, recommender: OnlineRecommender, metrics: Metrics | None = None, guard: SwapGuard | None = None
+    ) -> None:
         self.recommender = recommender
         self.metrics = metrics
+        self.guard = guard
         self.swaps = 0
         self.failures = 0
+        self.rollbacks = 0
+        self.refused: set[str] = set()  # versions rolled back: never served again
+        self.verdicts: list[dict[str, Any]] = []
         self.last_swap: dict[str, Any] | None = None
         self._history: ModelAnnouncement | None = None
         self._lock = threading.Lock()
 
     def on_message(self, msg: ControlMessage, live: bool) -> None:
         """:class:`~stream.kafka.model_updates.ModelUpdatesReader` handler."""
+        if isinstance(msg, RollbackNotice):
+            self.refused.add(msg.version)  # the trainer re-announces the version to serve
+            return
         if not isinstance(msg, ModelAnnouncement):
             return
         if live:
@@ -77,7 +93,10 @@ class HotSwapper:
         """Load the announced checkpoint and swap it in; False when skipped or failed."""
         version = msg.version
         with self._lock:
-            if version == self.recommender.version:
+            if version_number(version) == version_number(self.recommender.version):
+                return False  # already served ("1", an imported checkpoint, is the store's "v1")
+            if version in self.refused:
+                log.warning("not serving announced model %s: it was rolled back", version)
                 return False
             started = time.perf_counter()
             try:
@@ -92,6 +111,11 @@ class HotSwapper:
                           self.recommender.version)
                 return False
             old = self.recommender.swap(ckpt.model, ckpt.vocab, version)
+            if self.guard is not None:
+                if msg.reason == "rollback":
+                    self.guard.stop()  # going back to a version that served before: nothing to guard
+                else:
+                    self.guard.start(self.recommender.live, old)
             self.swaps += 1
             self.last_swap = {
                 "version": version, "previous": old.version, "at": time.time(),
@@ -103,3 +127,35 @@ class HotSwapper:
             log.info("hot swap: %s -> %s (%s, loaded in %.2f s)", old.version, version, msg.reason or "?",
                      self.last_swap["load_seconds"])
             return True
+
+    def roll_back(self, verdict: Verdict, source: str = "") -> bytes | None:
+        """Apply a guard verdict: for ``rollback``, serve the previous version again (when the
+        guarded one is still served), count it, and return the ``rollback`` message to publish on
+        the model-updates topic; None otherwise."""
+        self.verdicts.append(verdict.to_dict())
+        del self.verdicts[:-20]
+        if verdict.action != "rollback":
+            log.info("post-swap guard: %s", verdict.reason)
+            with self._lock:
+                last = self.guard.last if self.guard is not None else None
+                if self.guard is not None and last is not None and last.done is verdict:
+                    self.guard.stop()  # the previous version is no longer needed
+            return None
+        with self._lock:
+            run = self.guard.last if self.guard is not None else None
+            if run is None or run.new.version != verdict.version or self.recommender.version != verdict.version:
+                return None  # another swap came first
+            previous = run.previous
+            self.recommender.swap(previous.model, previous.vocab, previous.version)
+            if self.guard is not None:
+                self.guard.stop()
+            self.refused.add(verdict.version)
+            self.rollbacks += 1
+            self.last_swap = {"version": previous.version, "previous": verdict.version, "at": time.time(),
+                              "load_seconds": 0.0, "announced_at": None, "reason": "rollback"}
+            if self.metrics is not None:
+                self.metrics.rollbacks.labels(reason="guard").inc()
+                set_model(self.metrics, previous.version, len(previous.vocab), swapped=True)
+        log.warning("post-swap guard: rolled back %s -> %s: %s", verdict.version, previous.version, verdict.reason)
+        return rollback_message(verdict.version, int(version_number(verdict.version)), previous.version,
+                                verdict.to_dict(), source=source)

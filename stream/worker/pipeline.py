@@ -2,7 +2,8 @@
 the event loop and unit-tested without one.
 
 In order, each step once: note the batch's input positions (for the consumer lag), run
-:func:`stream.worker.batch.process_batch` (validate, score, predict), observe the result
+:func:`stream.worker.batch.process_batch` (validate, score, predict; with the post-swap guard's
+shadow scoring), apply the guard's verdict (a rollback, :mod:`stream.worker.guard`), observe the result
 (:class:`stream.worker.monitor.WorkerMonitor`: metrics and drift), feed the run's timeline, and
 turn the drift detections into :class:`stream.messages.DriftSignal` messages for the trainer. The
 :class:`BatchOutcome` it returns is everything the agent writes, through a
@@ -39,6 +40,8 @@ class BatchOutcome:
     predictions: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     signals: list[bytes] = field(default_factory=list)
+    #: rollback notices of the post-swap guard (values for the model-updates topic)
+    rollbacks: list[bytes] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
     result: BatchResult | None = None
     failed: int = 0
@@ -53,8 +56,10 @@ def handle_batch(
         if s.offset >= runtime.positions.get(s.partition, -1):
             runtime.positions[s.partition] = s.offset + 1
     started = time.perf_counter()
+    swapper = runtime.swapper
     try:
-        result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings)
+        result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings,
+                               guard=swapper.guard if swapper is not None else None)
     except Exception as exc:  # process_batch isolates events; this is a last line of defence
         log.exception("a batch of %d events failed; dead-lettering it", len(batch))
         detail = f"{type(exc).__name__}: {exc}"
@@ -63,6 +68,12 @@ def handle_batch(
                           for s in batch],
             failed=len(batch),
         )
+    source = f"{settings.app_id}:{os.getpid()}"
+    rollbacks: list[bytes] = []
+    if result.verdict is not None and swapper is not None:
+        notice = swapper.roll_back(result.verdict, source=source)
+        if notice is not None:
+            rollbacks.append(notice)
     found: list[Detection] = []
     if runtime.monitor is not None:
         try:
@@ -71,9 +82,8 @@ def handle_batch(
             log.exception("observing a batch failed")
     if runtime.timeline is not None:
         record_timeline(runtime, result, found)
-    source = f"{settings.app_id}:{os.getpid()}"
     signals = [drift_message(d.detector, d.at_event, d.value, d.baseline, source=source) for d in found]
-    return BatchOutcome(result.updates, result.predictions, result.dead_letters, signals, found, result)
+    return BatchOutcome(result.updates, result.predictions, result.dead_letters, signals, rollbacks, found, result)
 
 
 def record_timeline(runtime: WorkerRuntime, result: BatchResult, found: Sequence[Detection]) -> None:

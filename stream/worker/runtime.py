@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream.observe.drift import DriftMonitor
 from stream.observe.feed import set_model
 from stream.observe.metrics import Metrics
 from stream.observe.timeline import Timeline
 from stream.settings import Settings
 from stream.snapshots import WorkerSnapshot, write_stats
 from stream.worker.batch import new_prequential
+from stream.worker.guard import SwapGuard
 from stream.worker.hotswap import HotSwapper
 from stream.worker.monitor import WorkerMonitor
 from stream.worker.prequential import Prequential
@@ -55,6 +57,11 @@ class WorkerRuntime:
         if self.swapper is not None:
             snap.swaps, snap.swap_failures = self.swapper.swaps, self.swapper.failures
             snap.last_swap = self.swapper.last_swap
+            snap.rollbacks = self.swapper.rollbacks
+            snap.guard_verdicts = list(self.swapper.verdicts)
+            run = self.swapper.guard.current if self.swapper.guard is not None else None
+            snap.guard = None if run is None else {"version": run.new.version, "previous": run.previous.version,
+                                                   "pairs": len(run.new_scores), "served": run.served}
         if self.monitor is not None:
             snap.drift = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
                           "published": self.drift_published,
@@ -94,7 +101,12 @@ def build_runtime(
         executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
     )
     if metrics is not None:
-        runtime.monitor = WorkerMonitor(metrics, preq)
-        runtime.swapper = HotSwapper(recommender, metrics)
+        ws = settings.worker
+        drift = DriftMonitor.configured(ws.adwin_delta, ws.drift_min_drop, ws.drift_min_effect, ws.drift_persistence)
+        runtime.monitor = WorkerMonitor(metrics, preq, drift)
+        guard = None
+        if ws.guard_events > 0:
+            guard = SwapGuard(ws.guard_events, ws.guard_min_events, ws.guard_tolerance, ws.guard_confidence)
+        runtime.swapper = HotSwapper(recommender, metrics, guard)
         set_model(metrics, recommender.version, len(recommender.live.vocab))
     return runtime

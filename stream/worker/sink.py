@@ -37,7 +37,7 @@ class Sink(Protocol):
 
 
 async def deliver(outcome: BatchOutcome, sink: Sink, settings: Settings, runtime: WorkerRuntime) -> None:
-    """Write ``outcome`` (states, predictions, dead letters, drift signals) and count it."""
+    """Write ``outcome`` (states, predictions, dead letters, drift signals, rollbacks) and count it."""
     sent_from = time.perf_counter()
     for user, upd in outcome.updates.items():
         sink.put_state(user, upd.partition, upd.value)
@@ -48,6 +48,8 @@ async def deliver(outcome: BatchOutcome, sink: Sink, settings: Settings, runtime
     for signal in outcome.signals:  # a trigger for the trainer
         await sink.send(settings.model_updates_topic, CONTROL_KEY, signal)
     runtime.drift_published += len(outcome.signals)
+    for notice in outcome.rollbacks:  # decided by the post-swap guard
+        await sink.send(settings.model_updates_topic, CONTROL_KEY, notice)
     if outcome.result is None:
         runtime.stats.count_internal_errors(outcome.failed)
         return

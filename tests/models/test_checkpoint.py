@@ -184,8 +184,9 @@ def rewrite(path: Path, dest: Path, edit_meta: dict[str, str | None], fix_digest
 
 def test_other_formats_are_refused(saved: tuple[Path, HAIL], tmp_path: Path) -> None:
     path, model = saved
-    with pytest.raises(CheckpointError, match="format 'other/2'"):
+    with pytest.raises(CheckpointError, match="not a hailstream-checkpoint/1 file") as err:
         load_checkpoint(rewrite(path, tmp_path / "a", {"format": "other/2"}, fix_digest=True))
+    assert "other/2" not in str(err.value)  # what the file says is never echoed
     plain = tmp_path / "plain.safetensors"
     plain.write_bytes(st_save({"w": torch.zeros(2)}))
     with pytest.raises(CheckpointError, match="not a hailstream-checkpoint/1"):
@@ -207,3 +208,32 @@ def test_checkpoint_digest_is_deterministic() -> None:
     # safetensors writes metadata keys in hash-map order, so compare content, not bytes.
     first, second = (ck._split_file(checkpoint_bytes(model, ItemVocab("ab"), {"x": 1}), "t") for _ in range(2))
     assert first[0]["__metadata__"] == second[0]["__metadata__"] and first[1] == second[1]
+
+
+def test_a_crafted_size_is_refused_before_anything_is_allocated(saved: tuple[Path, HAIL], tmp_path: Path) -> None:
+    # A consistent digest (recomputed by whoever crafted the file) and an item table of 2e9 rows:
+    # building that model would try to allocate hundreds of GB.
+    path, _ = saved
+    crafted = rewrite(path, tmp_path / "huge", {"n_rows": str(2_000_000_000)}, fix_digest=True)
+    with pytest.raises(CheckpointError, match="outside"):
+        load_checkpoint(crafted)
+    plausible = rewrite(path, tmp_path / "more", {"n_rows": str(5000)}, fix_digest=True)
+    with pytest.raises(CheckpointError, match="do not fit"):  # shapes checked against the header first
+        load_checkpoint(plausible)
+
+
+def test_errors_never_echo_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:x:0:0:s3cret-password-here:/root:/bin/bash\n" * 3)
+    for target in (secret, tmp_path / "short"):
+        if target.name == "short":
+            target.write_bytes(b"s3cr")
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(target)
+        assert "s3cr" not in str(err.value) and "root:x" not in str(err.value)
+    as_header = tmp_path / "hdr"
+    body = b'{"s3cret": 1'  # a header that is not JSON: the parser's message would quote it
+    as_header.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(as_header)
+    assert "s3cret" not in str(err.value)

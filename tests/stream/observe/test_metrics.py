@@ -164,7 +164,7 @@ def test_observe_prequential_lag_and_drift() -> None:
     assert m.value("hailstream_consumer_lag_messages", partition="0") == 5
     assert m.value("hailstream_consumer_lag_messages", partition="3") == 0
 
-    mon = DriftMonitor(InputDrift(reference=4, window=4, check_every=1))
+    mon = DriftMonitor(InputDrift(reference=4, window=4, check_every=1, persistence=1))
     found = []
     for item in "aaaazzzz":
         found += mon.update(1.0, item, item == "a")

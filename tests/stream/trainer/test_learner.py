@@ -27,7 +27,7 @@ def _model(vocab: ItemVocab) -> HAIL:
 
 
 def _config(**kw: object) -> TrainerSettings:
-    base: dict[str, object] = dict(window=2000, holdout=100, every_events=1500, min_new_events=100, steps=100,
+    base: dict[str, object] = dict(window=2000, holdout=100, gate_min_events=100, every_events=1500, min_new_events=100, steps=100,
                                    lr=1e-2, batch_size=64)
     base.update(kw)
     return TrainerSettings(**base)  # type: ignore[arg-type]

@@ -59,3 +59,20 @@ def test_bad_settings() -> None:
         TrainingWindow(size=0)
     with pytest.raises(StreamError):
         TrainingWindow(span=0.0)
+
+
+def test_the_held_out_slice_does_not_depend_on_the_partition_interleaving() -> None:
+    # Two users on two partitions; a trainer may read them in any interleaving (each user's own
+    # order is kept). The held-out slice is the newest by event time either way.
+    u = [("u", f"a{n}", float(2 * n)) for n in range(10)]
+    v = [("v", f"b{n}", float(2 * n + 1)) for n in range(10)]
+    slices = []
+    for order in (u + v, v + u, [e for pair in zip(u, v, strict=True) for e in pair]):
+        w = TrainingWindow(size=100, max_len=20)
+        for user, item, ts in order:
+            w.add(user, item, ts)
+        slices.append((sorted(w.holdout(4), key=lambda p: p[1]), sorted(map(tuple, w.sequences(exclude_newest=4)))))
+    assert slices[0] == slices[1] == slices[2]
+    held = {item for _, item in slices[0][0]}
+    assert held == {"a8", "b8", "a9", "b9"}
+    assert all(not (set(seq) & held) for seq in slices[0][1])
