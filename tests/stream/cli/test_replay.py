@@ -12,7 +12,6 @@ import pytest
 from models.data import Interactions
 from stream.cli.replay import Pacer, block_rows, generate_load, replay
 from stream.errors import BrokerError, SettingsError
-from stream.kafka.clients import _CachedKeyPartitioner
 from stream.records import Interaction, parse_interaction
 from stream.settings import Settings
 
@@ -181,27 +180,6 @@ def test_generate_load_cycles_with_unique_ids_and_increasing_time() -> None:
     assert all(a <= b for a, b in zip(ts, ts[1:], strict=False))
     assert [p.item_id for p in parsed[:5]] == [p.item_id for p in parsed[5:10]]
     assert generate_load(_events(), SETTINGS, 0, producer=prod).published == 0
-
-
-def test_cached_partitioner_matches_kafka_default() -> None:
-    from kafka.partitioner.default import DefaultPartitioner
-
-    class Cluster:
-        def topics(self) -> set[str]:
-            return {"t"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0, 1, 2, 3}
-
-        def available_partitions_for_topic(self, topic: str) -> set[int]:
-            return {0, 1, 2, 3}
-
-    cached, default, cluster = _CachedKeyPartitioner(), DefaultPartitioner(), Cluster()
-    for i in range(200):
-        key = str(i).encode()
-        for _ in range(2):  # second call is served from the cache
-            assert cached.partition("t", key, key, b"", b"", cluster) == default.partition("t", key, key, b"", b"", cluster)
-    assert cached.partition("t", None, None, b"", b"", cluster) in {0, 1, 2, 3}
 
 
 def test_invalid_pacing_fails_before_publishing() -> None:
