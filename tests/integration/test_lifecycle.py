@@ -52,7 +52,7 @@ from stream.messages import (
 from stream.observe.metrics import Metrics, declared_families
 from stream.records import Prediction
 from stream.settings import Settings, TrainerSettings
-from stream.snapshots import read_stats
+from stream.snapshots import WorkerSnapshot, read_trainer_snapshot, read_worker_snapshot
 from stream.trainer.model_store import ModelStore
 from stream.trainer.process import TrainerRuntime, open_learner
 from tests.data import needs_nyc
@@ -162,13 +162,13 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         chunk = STREAM // 3
         for n in range(3):  # each chunk brings a promotion that the worker serves to the next chunk
             replay(events, settings, max_rate=1000, progress=False, start=TRAIN_ON + n * chunk, limit=chunk)
-            t = _wait(f"promotion {n + 1}", lambda n=n: (s := read_stats(tstats))["outcomes"]["promoted"] >= n + 1
-                      and not s["running"] and s["events"] >= (n + 1) * chunk and s, procs)
-            live = t["live_version"]
+            t = _wait(f"promotion {n + 1}", lambda n=n: (s := read_trainer_snapshot(tstats)).outcomes["promoted"] >= n + 1
+                      and not s.running and s.events >= (n + 1) * chunk and s, procs)
+            live = t.live_version
             w = _wait(f"the worker to process chunk {n + 1} and serve {live}",
-                      lambda n=n, live=live: (s := read_stats(wstats))["events"] >= (n + 1) * chunk
-                      and s["live_model_version"] == live and s, procs)
-        assert w["swaps"] >= 3 and w["swap_failures"] == 0
+                      lambda n=n, live=live: (s := read_worker_snapshot(wstats)).events >= (n + 1) * chunk
+                      and s.live_model_version == live and s, procs)
+        assert w.swaps >= 3 and w.swap_failures == 0
 
         # model_version increases along the predictions
         preds = sorted((Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic,
@@ -185,7 +185,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert all(store.load(m.number).sha256 == m.sha256 for m in announced)
 
         # /metrics of both processes during the run
-        wm = _scrape(w["metrics_url"])
+        wm = _scrape(w.metrics_url)
         # every declared family, but the trainer's gate gauge and a timestamp set by the first detection
         assert set(_declared_exposed(wm)) <= {"hailstream_finetune_validation_hr_ratio (gauge)",
                                               "hailstream_drift_last_detection_timestamp_seconds (gauge)"}
@@ -201,7 +201,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
         assert wm['hailstream_drift_window_events{detector="accuracy"}'] > 0
         assert any(k.startswith("hailstream_consumer_lag_messages{") for k in wm)
         assert any(k.startswith("hailstream_process_info{") and 'process="worker"' in k for k in wm)
-        tm = _scrape(t["metrics_url"])
+        tm = _scrape(t.metrics_url)
         assert tm['hailstream_finetune_validation_hr_ratio{scorer="candidate"}'] >= 0
         assert tm['hailstream_finetunes_total{outcome="promoted"}'] >= 3
         assert tm['hailstream_finetune_triggers_total{reason="events"}'] >= 3
@@ -218,7 +218,7 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
                           "--no-baselines"], settings, wlog)
         procs = [(worker2, wlog)]
         _wait("the restarted worker", wstats.exists, procs)
-        assert read_stats(wstats)["live_model_version"] == live
+        assert read_worker_snapshot(wstats).live_model_version == live
         replay(events, settings, progress=False, start=TRAIN_ON + STREAM, limit=100, event_id_prefix="after")
         def after_restart() -> list[Prediction] | None:
             records = read_topic(settings, settings.predictions_topic, STREAM + 100, timeout=5)
@@ -270,10 +270,10 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
         assert [(v.version, v.status) for v in store.list()] == [(1, "promoted"), (2, "rejected")]
         # the worker kept serving the initial version
         replay(events, settings, progress=False, start=TRAIN_ON + 1000, limit=200, event_id_prefix="late")
-        _wait("the late events", lambda: read_stats(wstats)["events"] >= 1200, procs)
+        _wait("the late events", lambda: read_worker_snapshot(wstats).events >= 1200, procs)
         preds = [Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic, 1200)]
         assert len(preds) >= 1200 and {p.model_version for p in preds} == {"1"}
-        assert read_stats(wstats)["swaps"] == 0
+        assert read_worker_snapshot(wstats).swaps == 0
     finally:
         runtime.stop()
         thread.join(30)
@@ -305,21 +305,21 @@ def test_a_candidate_that_loses_live_is_rolled_back_by_the_worker(
                           value=drift_message("accuracy", 1000, 0.1, 0.4, source="test")).get(timeout=10)
         finally:
             producer.close()
-        _wait("the worker to serve v2", lambda: read_stats(wstats)["live_model_version"] == "v2", procs)
-        swapped_at = read_stats(wstats)["events"]
+        _wait("the worker to serve v2", lambda: read_worker_snapshot(wstats).live_model_version == "v2", procs)
+        swapped_at = read_worker_snapshot(wstats).events
         assert runtime.learner.history[-1]["outcome"] == "promoted"
         replay(events, settings, max_rate=1000, progress=False, start=TRAIN_ON + 1000, limit=STREAM - 1000,
                event_id_prefix="after")
-        w = _wait("the guard to roll v2 back", lambda: (s := read_stats(wstats))["rollbacks"] >= 1 and s, procs,
+        w = _wait("the guard to roll v2 back", lambda: (s := read_worker_snapshot(wstats)).rollbacks is not None and s.rollbacks >= 1 and s, procs,
                   timeout=120)
-        assert w["live_model_version"] == "1" and w["guard_verdicts"][-1]["action"] == "rollback"
-        verdict = w["guard_verdicts"][-1]
+        assert w.live_model_version == "1" and w.guard_verdicts and w.guard_verdicts[-1]["action"] == "rollback"
+        verdict = w.guard_verdicts[-1]
         assert verdict["version"] == "v2" and verdict["old"] > verdict["new"]
         assert 100 <= verdict["n"] <= 400  # decided inside the guard window ...
-        assert w["events"] - swapped_at <= STREAM  # ... within the events that followed the swap
+        assert w.events - swapped_at <= STREAM  # ... within the events that followed the swap
 
         # visible in /metrics and on the model-updates topic
-        wm = _scrape(w["metrics_url"])
+        wm = _scrape(w.metrics_url)
         assert wm['hailstream_rollbacks_total{reason="guard"}'] == 1.0
         assert wm["hailstream_model_version"] == 1.0
         msgs = [m for r in read_topic(settings, settings.model_updates_topic) if (m := parse_control(r.value))]
@@ -344,7 +344,7 @@ def test_a_candidate_that_loses_live_is_rolled_back_by_the_worker(
     assert not thread.is_alive()
 
 
-def verdict_time(stats: dict[str, Any]) -> float:
+def verdict_time(stats: WorkerSnapshot) -> float:
     """When the worker swapped back (its last swap is the rollback)."""
-    assert stats["last_swap"]["reason"] == "rollback"
-    return float(stats["last_swap"]["at"])
+    assert stats.last_swap is not None and stats.last_swap["reason"] == "rollback"
+    return float(stats.last_swap["at"])

@@ -22,7 +22,7 @@ from stream.cli.replay import replay
 from stream.kafka.topics import changelog_topic, ensure_topics
 from stream.observe.timeline import read_timeline
 from stream.settings import Settings
-from stream.snapshots import MODEL_SCORER, read_stats
+from stream.snapshots import MODEL_SCORER, read_worker_snapshot
 from tests.data import needs_nyc
 
 pytestmark = [pytest.mark.integration, needs_nyc]
@@ -60,7 +60,7 @@ def test_worker_with_timeline_flag_records_points_and_report_draws_them(
         while seen < N and time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            seen = read_stats(stats)["events"] if stats.exists() else 0
+            seen = read_worker_snapshot(stats).events if stats.exists() else 0
             time.sleep(0.25)
         assert seen >= N, f"the worker saw {seen} of {N} events:\n{log.read_text()[-3000:]}"
     finally:

@@ -34,7 +34,7 @@ from stream.kafka.clients import make_producer
 from stream.kafka.topics import changelog_topic, delete_topics, ensure_topics
 from stream.records import Prediction
 from stream.settings import Settings
-from stream.snapshots import MODEL_SCORER, read_stats
+from stream.snapshots import MODEL_SCORER, WorkerSnapshot, read_worker_snapshot
 from stream.worker.batch import replay_states
 from tests.data import needs_nyc
 from tests.integration.conftest import read_topic
@@ -127,18 +127,18 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> int:
         return -9
 
 
-def _wait_for_events(proc: subprocess.Popen[bytes], stats: Path, n: int, log: Path, timeout: float = 120.0) -> dict[str, Any]:
+def _wait_for_events(proc: subprocess.Popen[bytes], stats: Path, n: int, log: Path, timeout: float = 120.0) -> WorkerSnapshot:
     deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
+    last = WorkerSnapshot()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         if stats.exists():
-            last = read_stats(stats)
-            if last["events"] >= n:
+            last = read_worker_snapshot(stats)
+            if last.events >= n:
                 return last
         time.sleep(0.25)
-    pytest.fail(f"worker saw {last.get('events')} of {n} events in {timeout:g} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"worker saw {last.events} of {n} events in {timeout:g} s:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -150,7 +150,7 @@ class Run:
     predictions: list[Any]
     dead_letters: list[Any]
     changelog: list[Any]
-    stats: dict[str, Any]
+    stats: WorkerSnapshot
     sockets: list[tuple[str, str]]
     returncode: int
 
@@ -200,7 +200,7 @@ def run(broker: str, events: Any, tmp_path_factory: pytest.TempPathFactory) -> I
             predictions=read_topic(settings, settings.predictions_topic),
             dead_letters=read_topic(settings, settings.dead_letter_topic),
             changelog=read_topic(settings, changelog_topic(settings)),
-            stats=read_stats(stats_path),
+            stats=read_worker_snapshot(stats_path),
             sockets=sockets,
             returncode=rc,
         )
@@ -234,8 +234,8 @@ def test_malformed_messages_are_dead_letters_with_reasons_and_counts_reconcile(r
         assert d["detail"]
     assert len(run.inputs) == N + len(MALFORMED) == len(run.predictions) + len(run.dead_letters)
     s = run.stats
-    assert (s["events"], s["predictions"], s["dead_letters"]) == (len(run.inputs), N, len(MALFORMED))
-    assert s["dead_letter_reasons"]["bad_json"] == 3 and s["send_errors"] == 0
+    assert (s.events, s.predictions, s.dead_letters) == (len(run.inputs), N, len(MALFORMED))
+    assert s.dead_letter_reasons["bad_json"] == 3 and s.send_errors == 0
 
 
 def test_table_sequences_and_prequential_match_an_offline_recomputation(run: Run, events: Any) -> None:
@@ -260,7 +260,7 @@ def test_table_sequences_and_prequential_match_an_offline_recomputation(run: Run
         last[user] = items_of[f"foursquare-nyc:{i}"]
     for user, value in table.items():
         assert value["pred"] == last[user]
-    s = run.stats["prequential"][MODEL_SCORER]
+    s = run.stats.prequential[MODEL_SCORER]
     k = run.settings.top_k
     assert (s["n"], s["cold"]) == (len(scores), cold)
     for j, name in enumerate(("hr", "ndcg", "mrr")):
@@ -268,7 +268,7 @@ def test_table_sequences_and_prequential_match_an_offline_recomputation(run: Run
     assert s["window_n"] == min(1000, len(scores))
     # The baselines are scored on the same events (every user is sampled by default).
     for name in ("popularity", "markov", "user-frequency"):
-        b = run.stats["prequential"][name]
+        b = run.stats.prequential[name]
         assert b["n"] + b["cold"] == N and 0.0 <= b[f"hr@{k}"] <= 1.0
 
 
@@ -287,15 +287,15 @@ def test_a_restart_resumes_from_the_changelog_and_committed_offsets(run: Run, ev
         _wait_for_events(proc, stats_path, N_MORE, log)
     finally:
         assert _stop(proc) == 0
-    stats = read_stats(stats_path)
-    assert stats["events"] == N_MORE and stats["duplicates_skipped"] == 0  # resumed at the committed offsets
+    stats = read_worker_snapshot(stats_path)
+    assert stats.events == N_MORE and stats.duplicates_skipped == 0  # resumed at the committed offsets
     preds = [Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic)]
     new = [p for p in preds if int(p.event_id.split(":")[1]) >= N]
     assert sorted(int(p.event_id.split(":")[1]) for p in new) == list(range(N, N + N_MORE))
     # The table came back from the changelog: users seen before are not cold after the restart.
     seen_before = {str(u) for u in events.users[:N]}
     expected_cold = len({str(u) for u in events.users[N : N + N_MORE]} - seen_before)
-    assert stats["prequential"][MODEL_SCORER]["cold"] == expected_cold
+    assert stats.prequential[MODEL_SCORER]["cold"] == expected_cold
     table: dict[str, list[str]] = {}
     for r in sorted(read_topic(settings, changelog_topic(settings)), key=lambda r: (r.partition, r.offset)):
         table[json.loads(r.key)] = json.loads(r.value)["items"]
