@@ -189,15 +189,18 @@ def drift_scenario(limit: int, tmp: Path) -> dict[str, Any]:
     run_dir = Path(summary["run_dir"])
     worker = json.loads((run_dir / "stats.json").read_text())
     trainer = json.loads((run_dir / "trainer.json").read_text())
-    verdicts = worker.get("guard_verdicts", [])
+    verdicts = worker.get("guard_verdicts", []) + ([worker["guard"]] if worker.get("guard") else [])
     promoted = [h for h in trainer.get("history", []) if h.get("outcome") == "promoted"]
     judged = {v["version"]: v for v in verdicts}
     rows = []
     for h in promoted:
         v = judged.get(h["version"])
+        # judged: a verdict over the whole window (kept / rollback); a window cut short by the next
+        # swap ("replaced") or by the end of the run ("running") is shown, not counted
+        decided = v is not None and v["action"] in ("kept", "rollback")
         rows.append({"version": h["version"], "reason": h["reason"],
                      "gate": {"candidate": h["candidate"].get("ndcg@10"), "live": h["live"].get("ndcg@10")},
-                     "guard": v, "improved": None if v is None else v["new"] > v["old"]})
+                     "guard": v, "improved": (v["new"] > v["old"]) if decided and v is not None else None})
     decided = [r for r in rows if r["improved"] is not None]
     return {
         "command": " ".join(["hailstream", *cmd[1:]]), "seconds": time.time() - started, "run_dir": str(run_dir),
@@ -222,11 +225,12 @@ def drift_markdown(res: dict[str, Any]) -> str:
         g, v = r["gate"], r["guard"]
         gate = f"{g['candidate']:.4f} / {g['live']:.4f}" if g["candidate"] is not None else "-"
         if v is None:
-            lines.append(f"| {r['version']} | {r['reason']} | {gate} | none (replaced before a verdict, or not served) "
-                         "| - | - | - | - |")
+            lines.append(f"| {r['version']} | {r['reason']} | {gate} | none (not served) | - | - | - | - |")
         else:
-            lines.append(f"| {r['version']} | {r['reason']} | {gate} | {v['action']} | {v['n']} | {v['new']:.4f} | "
-                         f"{v['old']:.4f} | {'yes' if r['improved'] else 'no'} |")
+            improved = "-" if r["improved"] is None else ("yes" if r["improved"] else "no")
+            action = {"replaced": "none: next swap came first", "running": "none: run ended"}.get(v["action"], v["action"])
+            lines.append(f"| {r['version']} | {r['reason']} | {gate} | {action} | {v['n']} | {v['new']:.4f} | "
+                         f"{v['old']:.4f} | {improved} |")
     share = d["improved_share"]
     lines += ["", f"promotions: {d['promotions']} (fine-tunes {d['fine_tunes']}, outcomes {d['outcomes']}); judged by the "
               f"guard: {d['judged']}; improved live accuracy: **{'-' if share is None else f'{share:.0%}'}** (goal 100%); "

@@ -51,7 +51,8 @@ METRICS = ("hr", "ndcg", "mrr")
 
 @dataclass(frozen=True)
 class Verdict:
-    """How a guard window ended: ``action`` is ``rollback`` or ``kept``; ``version`` the guarded
+    """How a guard window ended: ``action`` is ``rollback``, ``kept``, or ``replaced`` (another swap
+    came before a verdict: the scores so far, for the record, never acted on); ``version`` the guarded
     (new) version, ``previous`` the one it replaced; ``n`` scored pairs; ``new``/``old`` the mean
     metric of each; ``lower`` the lower bound of ``old - new``."""
 
@@ -103,6 +104,14 @@ class GuardRun:
         col = METRICS.index(self.guard.metric)
         self.pair(float(topk_metrics(list(previous_items)[:k], actual)[col]),
                   float(topk_metrics(list(new_items)[:k], actual)[col]))
+
+    def partial(self, action: str = "replaced") -> Verdict:
+        """The comparison so far (no decision): for a window cut short by another swap."""
+        n = len(self.new_scores)
+        new = float(np.mean(self.new_scores)) if n else 0.0
+        old = float(np.mean(self.old_scores)) if n else 0.0
+        return Verdict(action, self.new.version, self.previous.version, n, new, old, float("-inf"),
+                       f"{action} after {n} scored pairs: {self.guard.metric}@k {new:.4f} vs {old:.4f}")
 
     def verdict(self) -> Verdict | None:
         """The window's verdict once one is due (checked at the looks), else None."""

@@ -112,6 +112,9 @@ class HotSwapper:
                 return False
             old = self.recommender.swap(ckpt.model, ckpt.vocab, version)
             if self.guard is not None:
+                cut = self.guard.current
+                if cut is not None:  # a window without a verdict yet: keep its scores for the record
+                    self._record(cut.partial("replaced"))
                 if msg.reason == "rollback":
                     self.guard.stop()  # going back to a version that served before: nothing to guard
                 else:
@@ -132,8 +135,7 @@ class HotSwapper:
         """Apply a guard verdict: for ``rollback``, serve the previous version again (when the
         guarded one is still served), count it, and return the ``rollback`` message to publish on
         the model-updates topic; None otherwise."""
-        self.verdicts.append(verdict.to_dict())
-        del self.verdicts[:-20]
+        self._record(verdict)
         if verdict.action != "rollback":
             log.info("post-swap guard: %s", verdict.reason)
             with self._lock:
@@ -159,3 +161,7 @@ class HotSwapper:
         log.warning("post-swap guard: rolled back %s -> %s: %s", verdict.version, previous.version, verdict.reason)
         return rollback_message(verdict.version, int(version_number(verdict.version)), previous.version,
                                 verdict.to_dict(), source=source)
+
+    def _record(self, verdict: Verdict) -> None:
+        self.verdicts.append(verdict.to_dict())
+        del self.verdicts[:-20]

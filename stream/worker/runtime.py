@@ -60,8 +60,7 @@ class WorkerRuntime:
             snap.rollbacks = self.swapper.rollbacks
             snap.guard_verdicts = list(self.swapper.verdicts)
             run = self.swapper.guard.current if self.swapper.guard is not None else None
-            snap.guard = None if run is None else {"version": run.new.version, "previous": run.previous.version,
-                                                   "pairs": len(run.new_scores), "served": run.served}
+            snap.guard = None if run is None else {**run.partial("running").to_dict(), "served": run.served}
         if self.monitor is not None:
             snap.drift = {"detections": [x.to_dict() for x in self.monitor.detections[-20:]],
                           "published": self.drift_published,

@@ -153,3 +153,31 @@ def test_predictions_are_published_by_the_new_version_only(good: LiveModel) -> N
                            guard=swapper.guard)
     assert {json.loads(v)["model_version"] for _, v in result.predictions} == {"v2"}
     assert len(result.predictions) == 50
+
+
+def test_a_swap_during_a_guard_window_records_the_scores_so_far(good: LiveModel, tmp_path) -> None:
+    from stream.messages import model_message
+    from stream.trainer.model_store import ModelStore
+
+    store = ModelStore(tmp_path)
+    for n in (1, 2, 3):
+        store.add(good.model, good.vocab, status="promoted", parent=n - 1 or None)
+    rec = OnlineRecommender(good.model, good.vocab, "v1")
+    swapper = HotSwapper(rec, None, SwapGuard(events=10_000, min_events=100))
+    table = Table()
+    settings = Settings(top_k=10)
+
+    def announce(n: int) -> ModelAnnouncement:
+        info = store.get(n)
+        msg = parse_control(model_message(info.label, n, store.checkpoint_path(n), info.sha256))
+        assert msg is not None
+        return msg
+
+    _run(rec, swapper, table, _events(120), settings)
+    assert swapper.apply(announce(2)) and swapper.guard is not None and swapper.guard.current is not None
+    _run(rec, swapper, table, _events(300, start=120), settings)
+    assert swapper.apply(announce(3))  # v2's window had no verdict yet
+    replaced = swapper.verdicts[-1]
+    assert replaced["action"] == "replaced" and replaced["version"] == "v2" and replaced["n"] > 100
+    assert replaced["new"] == replaced["old"]  # the same weights under two labels
+    assert swapper.guard.current is not None and swapper.guard.current.new.version == "v3"
