@@ -13,9 +13,11 @@ from models.errors import ModelsError
 from models.losses import (
     dml_loss,
     ensemble_cross_entropy,
-    mutual_exclusivity_distillation as _any_med,
     next_item_cross_entropy,
     top_k_correct,
+)
+from models.losses import (
+    mutual_exclusivity_distillation as _any_med,
 )
 
 # Three peers over V=3 items, one interaction with target y=0. Logits = log p, so p is exact.
