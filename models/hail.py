@@ -41,7 +41,7 @@ from torch import nn
 
 from models.encoders import ACTIVATIONS, ENCODERS, BERT4RecEncoder, SequenceEncoder, make_encoder
 from models.errors import ModelsError
-from models.history import HISTORY, CopyHead
+from models.history import HISTORY, CopyHead, successors
 from models.losses import (
     AGGREGATES,
     MED_FORMS,
@@ -255,11 +255,15 @@ class HAIL(nn.Module):
         length = seqs.shape[1]
         pos = torch.arange(length, device=seqs.device)
         ages = (pos.view(-1, 1) - pos.view(1, -1)).unsqueeze(0)  # [1, L, L]: t - s
-        allowed = (ages >= 0) & (seqs != PAD).unsqueeze(1)
+        real = seqs != PAD
+        allowed = (ages >= 0) & real.unsqueeze(1)
+        # successor of s is known to query t when s + 1 <= t; the query's current item is seqs[t]
+        succ_allowed = (ages >= 1) & real.unsqueeze(1)
+        match = seqs.unsqueeze(1) == seqs.unsqueeze(2)  # [B, t, s]: item_s == item_t
         outs = []
         for k, peer in enumerate(self.networks):
             h = peer.hidden_states(seqs)
-            outs.append(self._output(k, h, valid, seqs, ages, allowed))
+            outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match))
         return outs, targets[valid]
 
     def _cloze_outputs(self, items: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -272,26 +276,34 @@ class HAIL(nn.Module):
         length = items.shape[1]
         pos = torch.arange(length, device=items.device)
         ages = (pos.view(-1, 1) - pos.view(1, -1) - 1).unsqueeze(0)  # the query is a mask slot
-        allowed = (ages >= 0) & (real & ~masked).unsqueeze(1)
+        visible = real & ~masked
+        allowed = (ages >= 0) & visible.unsqueeze(1)
+        succ_allowed = (ages >= 1) & (visible & successors(visible.long()).bool()).unsqueeze(1)
+        # the query at a mask slot t: its current item is the one at t - 1 (when visible)
+        current = torch.cat([torch.zeros_like(items[:, :1]), items[:, :-1].masked_fill(~visible[:, :-1], PAD)], 1)
+        match = (items.unsqueeze(1) == current.unsqueeze(2)) & (current != PAD).unsqueeze(2)
         outs = []
         for k, peer in enumerate(self.networks):
             assert isinstance(peer, BERT4RecEncoder)
             h = peer.hidden_states(items, masked)
-            outs.append(self._output(k, h, masked, items, ages, allowed))
+            outs.append(self._output(k, h, masked, items, ages, allowed, succ_allowed, match))
         return outs, items[masked]
 
     def _output(
         self, k: int, h: torch.Tensor, where: torch.Tensor, items: torch.Tensor, ages: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor, succ_allowed: torch.Tensor, match: torch.Tensor,
     ) -> torch.Tensor:
         """Peer k's scores ``[N, V]`` at the ``where`` positions of ``h`` ``[B, L, H]``: logits,
-        or with ``history="copy"`` the mixture's log-probabilities."""
+        or with ``history="copy"`` the mixture's log-probabilities (slots as in
+        :meth:`CopyHead.forward`)."""
         z = self._scores(k, h[where])
         if not self.copy_heads:
             return z
-        a, gate = self._copy(k)(h, self._peer(k).item_emb(items), ages, allowed)
-        keys = items.unsqueeze(1).expand(-1, items.shape[1], -1)
-        return CopyHead.mix(z, a[where], gate[where], keys[where])
+        a, b, gate = self._copy(k)(h, self._peer(k).item_emb(items), ages, allowed, succ_allowed, match)
+        length = items.shape[1]
+        keys = items.unsqueeze(1).expand(-1, length, -1)
+        succ = successors(items).unsqueeze(1).expand(-1, length, -1)
+        return CopyHead.mix(z, a[where], b[where], gate[where], keys[where], succ[where])
 
     def log_probs(self, seqs: torch.Tensor, peer: int | None = None) -> torch.Tensor:
         """Next-item log-probabilities ``[B, n_rows]`` after ``[B, L]`` left-padded sequences: the
@@ -313,8 +325,10 @@ class HAIL(nn.Module):
             return torch.log_softmax(z, dim=-1)
         length = seqs.shape[1]
         ages = torch.arange(length - 1, -1, -1, device=seqs.device).view(1, 1, -1)  # latest item: 0
-        a, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, (seqs != PAD).unsqueeze(1))
-        return CopyHead.mix(z, a[:, 0], gate[:, 0], seqs)
+        real = (seqs != PAD).unsqueeze(1)
+        match = (seqs == seqs[:, -1:]).unsqueeze(1)
+        a, b, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, real, real & (ages >= 1), match)
+        return CopyHead.mix(z, a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs))
 
     @torch.no_grad()
     def recommend(self, seqs: torch.Tensor, k: int, peer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,13 +81,14 @@ def test_copy_head_never_sees_the_future_in_training() -> None:
     torch.manual_seed(0)
     m = HAIL(replace(CONFIGS["copy"], n_peers=1, distill="none"), ROWS)
     seqs = torch.tensor([[1, 2, 3, 4, 5, 6]])
-    h = m.networks[0].hidden_states(seqs)
     pos = torch.arange(6)
     ages = (pos.view(-1, 1) - pos.view(1, -1)).unsqueeze(0)
-    out = m._output(0, h, torch.ones(1, 6, dtype=torch.bool), seqs, ages, (ages >= 0))
-    seqs2 = torch.tensor([[1, 2, 3, 9, 9, 9]])
-    h2 = m.networks[0].hidden_states(seqs2)
-    out2 = m._output(0, h2, torch.ones(1, 6, dtype=torch.bool), seqs2, ages, (ages >= 0))
+    def out_of(s: torch.Tensor) -> torch.Tensor:
+        match = s.unsqueeze(1) == s.unsqueeze(2)
+        return m._output(0, m.networks[0].hidden_states(s), torch.ones(1, 6, dtype=torch.bool), s, ages,
+                         ages >= 0, ages >= 1, match)
+
+    out, out2 = out_of(seqs), out_of(torch.tensor([[1, 2, 3, 9, 9, 9]]))
     assert torch.allclose(out[:3], out2[:3], atol=1e-6)
 
 
@@ -105,3 +106,37 @@ def test_option_validation() -> None:
                 {"med_alpha": 1.5}, {"med_beta": 1.0}, {"med_gamma": -1.0}):
         with pytest.raises(ModelsError):
             HailConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["copy", "gru4rec+copy", "bert4rec+copy"])
+def test_training_path_and_serving_path_agree_at_the_last_position(name: str) -> None:
+    # The loss scores position t from seqs[:t+1]; serving scores the next item after the whole
+    # sequence: in eval mode (no dropout) both give the same distribution for the last position.
+    torch.manual_seed(0)
+    m = HAIL(replace(CONFIGS[name], n_peers=1, distill="none"), ROWS).eval()
+    seqs = torch.tensor([[0, 3, 4, 3, 5, 3]])
+    with torch.no_grad():
+        served = m.log_probs(seqs)
+        if m.cloze:
+            enc = m.networks[0]
+            items, masked = enc.with_trailing_mask(seqs)  # type: ignore[attr-defined]
+            h = enc.hidden_states(items, masked)  # type: ignore[call-arg]
+            pos = torch.arange(items.shape[1])
+            ages = (pos.view(-1, 1) - pos.view(1, -1) - 1).unsqueeze(0)
+            visible = (items != 0) & ~masked
+            cur = torch.cat([torch.zeros_like(items[:, :1]), items[:, :-1]], 1)
+            match = (items.unsqueeze(1) == cur.unsqueeze(2)) & (cur != 0).unsqueeze(2)
+            succ_vis = visible & torch.cat([visible[:, 1:], torch.zeros_like(visible[:, :1])], 1)
+            where = masked
+            out = m._output(0, h, where, items, ages, (ages >= 0) & visible.unsqueeze(1),
+                            (ages >= 1) & succ_vis.unsqueeze(1), match)
+        else:
+            h = m.networks[0].hidden_states(seqs)
+            pos = torch.arange(6)
+            ages = (pos.view(-1, 1) - pos.view(1, -1)).unsqueeze(0)
+            real = (seqs != 0).unsqueeze(1)
+            where = torch.zeros(1, 6, dtype=torch.bool)
+            where[0, -1] = True
+            out = m._output(0, h, where, seqs, ages, (ages >= 0) & real, (ages >= 1) & real,
+                            seqs.unsqueeze(1) == seqs.unsqueeze(2))
+    assert torch.allclose(out.log_softmax(-1)[:, 1:], served[:, 1:], atol=1e-5)
