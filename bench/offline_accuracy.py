@@ -150,8 +150,9 @@ def wilcoxon(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (sample std) over seeds; a single run is shown as its value alone."""
     a = np.asarray(values)
-    return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
+    return f"{a.mean():.4f} ± {a.std(ddof=1):.4f}" if len(a) > 1 else f"{a.mean():.4f}"
 
 
 def markdown(results: dict[str, Any]) -> str:
