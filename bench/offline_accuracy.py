@@ -1,19 +1,20 @@
-"""Offline accuracy benchmark (issue: HAIL model core), chronological leave-last-out, full ranking.
+"""Offline accuracy benchmark (issue 11), chronological leave-last-out, full ranking (DESIGN §4).
 
-Phase 1 (validation only, seed 0): sweep the MED form, λ (med_weight) and med_topk of 2-SASRec-peer
-HAIL; the best setting by validation NDCG@10 is used for every HAIL row of phase 2. The test split is
-never looked at to choose anything.
-Phase 2 (test): the baselines, single SASRec, single GRU4Rec, 2 peers with λ = 0 (ensemble), DML,
-HAIL (2 SASRec), HAIL (SASRec + GRU4Rec), HAIL K = 3: mean ± std over the seeds of NDCG@10, HR@10,
-MRR@10, plus seconds per training epoch and the best epoch.
+Rows are named model configurations (``ROWS``); every run trains to early stopping on validation
+NDCG@10 within an epoch budget and records its best epoch, the epochs it ran, and whether the
+budget stopped it while still improving. Runs go seed-major, rows in the order given, and the JSON
+is rewritten after every run, so an interrupted benchmark keeps everything it finished. Each run
+also stores the per-user test NDCG@10 (for the paired Wilcoxon test of ``--compare``) and the
+authors' sampled protocol (target + 99 uniformly sampled unseen items; a separate, labelled column,
+never mixed with the full-ranking numbers).
 
-    python bench/offline_accuracy.py --datasets foursquare-nyc amazon-beauty --seeds 0 1 2 \
-        --epochs 20 --out bench/results/offline_accuracy.json
+    python bench/offline_accuracy.py --datasets foursquare-nyc --seeds 0 --rows hail+copy ensemble+copy \\
+        --epochs 40 --patience 4 --threads 1 --out bench/results/nyc_a.json
+    python bench/offline_accuracy.py --baselines-only --datasets foursquare-nyc amazon-beauty --out b.json
+    python bench/offline_accuracy.py --merge b.json nyc_a.json --out bench/results/offline_accuracy.json
 
-Writes JSON with every run and prints a Markdown table (also saved next to the JSON as .md).
-Runs split over processes (e.g. one per data set, or a seed in another process) are combined with
-
-    python bench/offline_accuracy.py --merge a.json b.json --out bench/results/offline_accuracy.json
+``--sweep`` runs the MED α/β/γ grid of ``--alphas/--betas/--gammas`` (2 SASRec peers, shared table,
+history output, seed 0) and records validation NDCG@10 only: the test split never chooses anything.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.baselines import DecayedFrequency, choose_half_life
 from models.data import load_dataset
-from models.evaluate import ModelScorer, evaluate
+from models.evaluate import ModelScorer, evaluate, sampled_ranks, target_ranks
+from models.metrics import summarize
 from models.presets import preset
 from models.repeat import RepeatMixture, choose_alpha
 from models.splits import SequenceSplit, leave_last_out
@@ -40,188 +45,271 @@ from stream.cli.offline import baseline_metrics
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
 REPEAT_ALPHAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
+HALF_LIVES = (1, 2, 5, 10, 25, 50, 100, 200)
+
+SHARED = {"share_embedding": True, "output_bias": True}
+PUBLISHED = {"encoders": ("bert4rec",), "heads": 2, **SHARED}
+# name -> (preset, peers, overrides). "+copy" = the history-aware output (models/history.py).
+ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "sasrec": ("sasrec", 1, {}),
+    "sasrec+copy": ("sasrec", 1, {"history": "copy"}),
+    "ensemble": ("ensemble", 2, {}),
+    "ensemble+copy": ("ensemble", 2, {"history": "copy"}),
+    "dml": ("dml", 2, {}),
+    "dml+copy": ("dml", 2, {"history": "copy"}),
+    "hail-shared": ("hail", 2, SHARED),
+    "hail-shared+copy": ("hail", 2, {**SHARED, "history": "copy"}),
+    "hail-separate": ("hail", 2, {}),
+    "hail-separate+copy": ("hail", 2, {"history": "copy"}),
+    "hail-k3": ("hail", 3, {}),
+    "hail-k3+copy": ("hail", 3, {"history": "copy"}),
+    "hail-published": ("hail", 2, PUBLISHED),
+    "hail-published+copy": ("hail", 2, {**PUBLISHED, "history": "copy"}),
+    "sasrec-recbole+copy": ("sasrec", 1, {"heads": 2, "ffn": 256, "activation": "gelu", "dropout": 0.5,
+                                          "history": "copy"}),
+    # the earlier reconstructions of MED, as 1-seed ablations
+    "hail-weighted_ce+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "weighted_ce"}),
+    "hail-unlikelihood+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "unlikelihood"}),
+    "hail-exclusive+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "exclusive"}),
+}
+LABELS = {
+    "sasrec": "SASRec (1 peer)",
+    "ensemble": "2 SASRec, λ=0 (ensemble)",
+    "dml": "DML (2 SASRec)",
+    "hail-shared": "HAIL coded (2 SASRec, shared table)",
+    "hail-separate": "HAIL coded (2 SASRec, separate tables)",
+    "hail-k3": "HAIL coded (K=3 SASRec)",
+    "hail-published": "HAIL as published (2 BERT4Rec, shared)",
+    "sasrec-recbole": "SASRec RecBole-style (2 heads, FFN 256, GELU, dropout 0.5)",
+    "hail-weighted_ce": "HAIL reconstruction weighted_ce (ablation)",
+    "hail-unlikelihood": "HAIL reconstruction unlikelihood (ablation)",
+    "hail-exclusive": "HAIL reconstruction exclusive (ablation)",
+}
 
 
-def run_one(split: SequenceSplit, name: str, config: Any, tc: TrainConfig, repeat_mix: bool = False) -> dict[str, Any]:
+def label(row: str) -> str:
+    base, copy = (row[: -len("+copy")], True) if row.endswith("+copy") else (row, False)
+    return LABELS.get(base, base) + (" + history output" if copy else "")
+
+
+def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> list[float]:
+    return [round(float(1.0 / np.log2(r + 2.0)) if r < k else 0.0, 6) for r in ranks]
+
+
+def run_one(split: SequenceSplit, row: str, seed: int, tc: TrainConfig, overrides: dict[str, Any],
+            repeat_mix: bool = False) -> dict[str, Any]:
+    model, peers, spec = ROWS[row]
+    cfg = preset(model, peers=peers, seed=seed, **{**spec, **overrides})
     t0 = time.perf_counter()
-    result = train(split, config, tc)
+    result = train(split, cfg, TrainConfig(**{**asdict(tc), "seed": seed}))
     scorer = ModelScorer(result.model)
-    extra: dict[str, Any] = {}
-    if repeat_mix:  # alpha chosen on validation only
-        alpha, by_alpha = choose_alpha(scorer, split, REPEAT_ALPHAS)
-        extra = {"repeat_alpha": alpha, "repeat_valid": by_alpha,
-                 "repeat_test": evaluate(RepeatMixture(scorer, alpha), split, "test")}
-    return {**extra,
-        "name": name,
-        "config": asdict(config),
-        "seed": config.seed,
+    _, ranks = target_ranks(scorer, split, "test", 512)
+    sampled = sampled_ranks(scorer, split, "test")
+    out: dict[str, Any] = {
+        "name": row,
+        "config": asdict(cfg),
+        "train": asdict(tc),
+        "seed": seed,
         "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
+        "epochs_run": result.epochs_run,
+        "budget": result.budget,
+        "budget_bound": result.budget_bound,
         "seconds_per_epoch": result.seconds_per_epoch,
         "wall_seconds": time.perf_counter() - t0,
+        "history": result.history,
         "valid": evaluate(scorer, split, "valid"),
-        "test": evaluate(scorer, split, "test"),
+        "test": summarize(ranks),
+        "test_sampled99": summarize(sampled),
+        "test_user_ndcg@10": per_user_ndcg(ranks),
     }
+    if repeat_mix:  # the models/repeat.py late-fusion baseline, alpha on validation only
+        alpha, by_alpha = choose_alpha(scorer, split, REPEAT_ALPHAS)
+        out.update(repeat_alpha=alpha, repeat_valid=by_alpha,
+                   repeat_test=evaluate(RepeatMixture(scorer, alpha), split, "test"))
+    return out
 
 
-def sweep(split: SequenceSplit, tc: TrainConfig, forms: list[str], weights: list[float], topks: list[int],
-          warmups: list[int]) -> list[dict[str, Any]]:
-    runs = []
-    for form, lam, topk, warm in itertools.product(forms, weights, topks, warmups):
-        cfg = preset("hail", peers=2, med_form=form, med_weight=lam, med_topk=topk, med_warmup_epochs=warm, seed=0)
-        r = run_one(split, f"hail[{form},λ={lam},top{topk},warm{warm}]", cfg, tc)
-        print(f"  sweep {r['name']}: valid ndcg@10 {r['valid']['ndcg@10']:.4f}", flush=True)
-        runs.append(r)
-    return runs
+def baselines(split: SequenceSplit, events: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {name: m for name, m in baseline_metrics(split, events, "test").items()}
+    half, by_half = choose_half_life(split, HALF_LIVES)
+    decayed = DecayedFrequency(half).fit(split)
+    res[f"decayed-frequency (half-life {half:g} visits, chosen on valid)"] = {
+        **evaluate(decayed, split, "test"), "half_life": half, "valid_by_half_life": by_half}
+    return res
 
 
-def model_rows(best: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    med = {k: best[k] for k in ("med_form", "med_weight", "med_topk", "med_warmup_epochs")}
-    return {
-        "SASRec (1 peer)": {"model": "sasrec"},
-        "HAIL (2 SASRec)": {"model": "hail", "peers": 2, **med},
-        "2 peers, λ=0 (ensemble)": {"model": "ensemble", "peers": 2},
-        "DML (2 SASRec)": {"model": "dml", "peers": 2},
-        "GRU4Rec (1 peer)": {"model": "gru4rec"},
-        "HAIL (SASRec + GRU4Rec)": {"model": "hail", "peers": 2, "encoders": ("sasrec", "gru4rec"), **med},
-        "HAIL (K=3 SASRec)": {"model": "hail", "peers": 3, **med},
-    }
+def wilcoxon(a: list[float], b: list[float]) -> dict[str, float]:
+    """Two-sided paired Wilcoxon signed-rank test on per-user NDCG@10 (zero differences dropped)."""
+    from scipy.stats import wilcoxon as _w
+
+    x, y = np.asarray(a), np.asarray(b)
+    d = x - y
+    res = _w(x, y, zero_method="wilcox", alternative="two-sided")
+    return {"n_users": int(len(d)), "n_nonzero": int(np.count_nonzero(d)), "mean_diff": float(d.mean()),
+            "statistic": float(res.statistic), "p_value": float(res.pvalue)}
 
 
 def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (sample std) over seeds; a single run is shown as its value alone."""
     a = np.asarray(values)
-    return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
+    return f"{a.mean():.4f} ± {a.std(ddof=1):.4f}" if len(a) > 1 else f"{a.mean():.4f}"
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for ds, res in results["datasets"].items():
-        lines.append(f"\n### {ds} — test split, full ranking, seeds requested {results['seeds']}, "
-                     f"at most {res.get('epochs', results['epochs'])} epochs\n")
-        lines.append("| model | NDCG@10 | HR@10 | MRR@10 | seeds run | s/epoch | best epoch |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for name, m in res["baselines"].items():
-            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | – | – | – |")
-        for name, runs in res["models"].items():
+        lines.append(f"\n### {ds} — test split, full ranking (last column: the authors' sampled protocol)\n")
+        lines.append("| model | NDCG@10 | HR@10 | MRR@10 | seeds | best epoch / epochs run / budget | s/epoch "
+                     "| sampled-99 NDCG@10 (not comparable) |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for name, m in res.get("baselines", {}).items():
+            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['mrr@10']:.4f} | – | – | – | – |")
+        for name, runs in res.get("models", {}).items():
             cells = [mean_std([r["test"][k] for r in runs]) for k in METRICS]
+            seeds = ",".join(str(r["seed"]) for r in runs)
+            ep = "; ".join(f"{r['best_epoch']}/{r['epochs_run']}/{r['budget']}" + (" (budget-bound)" if
+                                                                                   r["budget_bound"] else "")
+                           for r in runs)
             spe = np.mean([r["seconds_per_epoch"] for r in runs])
-            be = "/".join(str(r["best_epoch"]) for r in runs)
-            lines.append(f"| {name} | {' | '.join(cells)} | {len(runs)} | {spe:.1f} | {be} |")
-        mixed = {name: runs for name, runs in res["models"].items() if all("repeat_test" in r for r in runs)}
+            samp = mean_std([r["test_sampled99"]["ndcg@10"] for r in runs])
+            lines.append(f"| {label(name)} | {' | '.join(cells)} | {seeds} | {ep} | {spe:.1f} | {samp} |")
+        mixed = {n: rs for n, rs in res.get("models", {}).items() if all("repeat_test" in r for r in rs)}
         if mixed:
-            lines.append("\nRepeat-aware mixture (1-α)·p_model + α·(user's item frequencies), α chosen on validation:\n")
+            lines.append("\nLate fusion with the user's item frequencies (models/repeat.py), α on validation:\n")
             lines.append("| model + repeat mixture | NDCG@10 | HR@10 | MRR@10 | α per seed |")
             lines.append("|---|---|---|---|---|")
             for name, runs in mixed.items():
                 cells = [mean_std([r["repeat_test"][k] for r in runs]) for k in METRICS]
-                alphas = "/".join(f"{r['repeat_alpha']:g}" for r in runs)
-                lines.append(f"| {name} | {' | '.join(cells)} | {alphas} |")
+                lines.append(f"| {label(name)} | {' | '.join(cells)} | "
+                             f"{'/'.join(format(r['repeat_alpha'], 'g') for r in runs)} |")
+        for cmp in res.get("wilcoxon", []):
+            lines.append(f"\nPaired Wilcoxon, per-user test NDCG@10, {label(cmp['a'])} vs {label(cmp['b'])} "
+                         f"(seed {cmp['seed']}): mean difference {cmp['mean_diff']:+.4f}, "
+                         f"{cmp['n_nonzero']}/{cmp['n_users']} users differ, p = {cmp['p_value']:.3g}")
         if res.get("sweep"):
-            lines.append(f"\nMED sweep on the validation split (2 SASRec peers, seed 0) — chosen: `{res['chosen']}`\n")
-            lines.append("| setting | valid NDCG@10 | valid HR@10 |")
-            lines.append("|---|---|---|")
+            lines.append("\nMED α/β/γ sweep, validation NDCG@10 only (seed 0):\n")
+            lines.append("| α | β | γ | valid NDCG@10 | best epoch / run / budget |")
+            lines.append("|---|---|---|---|---|")
             for r in sorted(res["sweep"], key=lambda r: -r["valid"]["ndcg@10"]):
-                lines.append(f"| {r['name']} | {r['valid']['ndcg@10']:.4f} | {r['valid']['hr@10']:.4f} |")
+                c = r["config"]
+                lines.append(f"| {c['med_alpha']:g} | {c['med_beta']:g} | {c['med_gamma']:g} | "
+                             f"{r['valid']['ndcg@10']:.4f} | {r['best_epoch']}/{r['epochs_run']}/{r['budget']} |")
     return "\n".join(lines)
 
 
 def merge(paths: list[str]) -> dict[str, Any]:
-    """One result from several runs of this script: data sets side by side, runs of the same
-    model row appended (seeds), baselines/sweep/chosen from the first file that has them."""
-    merged: dict[str, Any] = {"commands": [], "datasets": {}, "seeds": [], "epochs": None}
+    """One result from several runs of this script: data sets side by side, runs of the same row
+    appended (new seeds only), baselines / sweep from the first file that has them."""
+    merged: dict[str, Any] = {"commands": [], "datasets": {}, "machine": [], "dates": []}
     for path in paths:
         part = json.loads(Path(path).read_text())
-        merged["commands"].append(part["command"])
-        merged.setdefault("machine", part["machine"])
-        merged.setdefault("date", part["date"])
-        merged["seeds"] = sorted(set(merged["seeds"]) | set(part["seeds"]))
-        merged["epochs"] = merged["epochs"] or part["epochs"]
+        merged["commands"].extend(part.get("commands", [part.get("command", "")]))
+        merged["machine"].extend(part["machine"] if isinstance(part["machine"], list) else [part["machine"]])
+        merged["dates"].extend(part.get("dates", [part.get("date", "")]))
         for ds, res in part["datasets"].items():
-            into = merged["datasets"].setdefault(ds, {"models": {}, "epochs": part["epochs"]})
-            for key in ("baselines", "sweep", "chosen"):
+            into = merged["datasets"].setdefault(ds, {"models": {}})
+            for key in ("baselines", "sweep"):
                 if key in res and key not in into:
                     into[key] = res[key]
-            for name, runs in res["models"].items():
+            for name, runs in res.get("models", {}).items():
                 have = {r["seed"] for r in into["models"].get(name, [])}
                 into["models"].setdefault(name, []).extend(r for r in runs if r["seed"] not in have)
-    merged["command"] = " && ".join(merged["commands"])
     return merged
+
+
+def compare(results: dict[str, Any], pairs: list[str]) -> None:
+    for res in results["datasets"].values():
+        res["wilcoxon"] = []
+        for pair in pairs:
+            a, b = pair.split(":")
+            runs_a = {r["seed"]: r for r in res["models"].get(a, [])}
+            runs_b = {r["seed"]: r for r in res["models"].get(b, [])}
+            for seed in sorted(set(runs_a) & set(runs_b)):
+                w = wilcoxon(runs_a[seed]["test_user_ndcg@10"], runs_b[seed]["test_user_ndcg@10"])
+                res["wilcoxon"].append({"a": a, "b": b, "seed": seed, **w})
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.write_text(json.dumps(results, indent=1))
+    head = "\n".join(f"Command: `{c}`" for c in results["commands"])
+    out.with_suffix(".md").write_text(f"{head}\nMachine: {'; '.join(sorted(set(results['machine'])))}\n"
+                                      f"Dates: {', '.join(sorted(set(results['dates'])))}\n{markdown(results)}\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["foursquare-nyc", "amazon-beauty"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--forms", nargs="+", default=["weighted_ce", "unlikelihood", "exclusive"])
-    p.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
-    p.add_argument("--topks", nargs="+", type=int, default=[1, 10])
-    p.add_argument("--warmups", nargs="+", type=int, default=[0])
-    p.add_argument("--no-sweep", action="store_true", help="use --med instead of sweeping")
-    p.add_argument("--med", default="weighted_ce:1.0:10", help="FORM:λ:TOPK for HAIL rows when not sweeping")
-    p.add_argument("--sweep-epochs", type=int, default=None, help="epochs per sweep point (default --epochs)")
-    p.add_argument("--repeat-mix", action="store_true", help="also report each model mixed with the user's "
-                   "item frequencies (α chosen on validation)")
+    p.add_argument("--datasets", nargs="+", default=["foursquare-nyc"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--rows", nargs="+", default=["hail-shared+copy", "ensemble+copy", "sasrec+copy"],
+                   choices=sorted(ROWS))
+    p.add_argument("--epochs", type=int, default=40, help="epoch budget per run")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-len", type=int, default=None)
+    p.add_argument("--repeat-mix", action="store_true", help="also the models/repeat.py late fusion")
+    p.add_argument("--baselines-only", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="MED α/β/γ grid on validation instead of --rows")
+    p.add_argument("--alphas", nargs="+", type=float, default=[0.5, -1.0])
+    p.add_argument("--betas", nargs="+", type=float, default=[0.02])
+    p.add_argument("--gammas", nargs="+", type=float, default=[1.0, 2.0])
+    p.add_argument("--compare", nargs="*", default=["hail-shared+copy:ensemble+copy", "hail-shared:ensemble"],
+                   help="ROW_A:ROW_B pairs for the paired Wilcoxon test")
     p.add_argument("--out", default="bench/results/offline_accuracy.json")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier runs' JSON files into --out")
     args = p.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
         results = merge(args.merge)
-        out = Path(args.out)
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(f"Commands: `{results['command']}`\nMachine: {results['machine']}\n"
-                                          f"Date: {results['date']}\n{markdown(results)}\n")
+        compare(results, args.compare)
+        write(results, out)
         print(markdown(results))
         return
     torch.set_num_threads(args.threads)
-
     results: dict[str, Any] = {
-        "command": "python " + " ".join(__import__("sys").argv),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "date": time.strftime("%Y-%m-%d"),
-        "seeds": args.seeds,
-        "epochs": args.epochs,
+        "commands": ["python " + " ".join(sys.argv)],
+        "machine": [f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"torch {torch.get_num_threads()} thread(s), load average at start "
+                    f"{os.getloadavg()[0]:.1f}"],
+        "dates": [time.strftime("%Y-%m-%d")],
         "datasets": {},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False,
+                     batch_size=args.batch_size, lr=args.lr)
+    overrides = {"max_len": args.max_len} if args.max_len else {}
     for ds in args.datasets:
         events = load_dataset(ds)
         split = leave_last_out(events)
-        tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False)
-        res: dict[str, Any] = {"baselines": baseline_metrics(split, events, "test"), "models": {}, "epochs": args.epochs}
-        print(f"{ds}: baselines " + ", ".join(f"{k} {v['ndcg@10']:.4f}" for k, v in res["baselines"].items()), flush=True)
-        form, lam, topk = args.med.split(":")
-        best = {"med_form": form, "med_weight": float(lam), "med_topk": int(topk), "med_warmup_epochs": 0}
-        if not args.no_sweep:
-            stc = TrainConfig(**{**asdict(tc), "epochs": args.sweep_epochs or args.epochs})
-            res["sweep"] = sweep(split, stc, args.forms, args.weights, args.topks, args.warmups)
-            top = max(res["sweep"], key=lambda r: r["valid"]["ndcg@10"])["config"]
-            best = {k: top[k] for k in best}
-        res["chosen"] = best
-        # seed-major: an interrupted run still has every row for the first seeds
+        res: dict[str, Any] = results["datasets"].setdefault(ds, {"models": {}})
+        if args.baselines_only:
+            res["baselines"] = baselines(split, events)
+            print(ds, {k: round(v["ndcg@10"], 4) for k, v in res["baselines"].items()}, flush=True)
+            write(results, out)
+            continue
+        if args.sweep:
+            res["sweep"] = []
+            for a, b, g in itertools.product(args.alphas, args.betas, args.gammas):
+                r = run_one(split, "hail-shared+copy", 0, tc, {**overrides, "med_alpha": a, "med_beta": b,
+                                                               "med_gamma": g})
+                r.pop("test"), r.pop("test_sampled99"), r.pop("test_user_ndcg@10")  # validation only
+                res["sweep"].append(r)
+                print(f"  sweep α {a} β {b} γ {g}: valid ndcg@10 {r['valid']['ndcg@10']:.4f} "
+                      f"(best epoch {r['best_epoch']}/{r['epochs_run']})", flush=True)
+                write(results, out)
+            continue
         for seed in args.seeds:
-            for name, spec in model_rows(best).items():
-                spec = dict(spec)
-                model, peers = spec.pop("model"), spec.pop("peers", 2)
-                cfg = preset(model, peers=peers, seed=seed, **spec)
-                r = run_one(split, name, cfg, TrainConfig(**{**asdict(tc), "seed": seed}), args.repeat_mix)
-                res["models"].setdefault(name, []).append(r)
-                mix = f", +repeat {r['repeat_test']['ndcg@10']:.4f} (α {r['repeat_alpha']:g})" if args.repeat_mix else ""
-                print(f"  {name} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f}{mix} "
-                      f"({r['seconds_per_epoch']:.1f} s/epoch, best epoch {r['best_epoch']})", flush=True)
-                results["datasets"][ds] = res
-                out.write_text(json.dumps(results, indent=1))
-        results["datasets"][ds] = res
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(
-            f"Command: `{results['command']}`\nMachine: {results['machine']}\nDate: {results['date']}\n{markdown(results)}\n")
-    md = markdown(results)
-    out.with_suffix(".md").write_text(
-        f"Command: `{results['command']}`\nMachine: {results['machine']}\nDate: {results['date']}\n{md}\n")
-    print(md)
+            for row in args.rows:
+                r = run_one(split, row, seed, tc, overrides, args.repeat_mix)
+                res["models"].setdefault(row, []).append(r)
+                print(f"  {ds} {row} seed {seed}: test ndcg@10 {r['test']['ndcg@10']:.4f} valid "
+                      f"{r['valid']['ndcg@10']:.4f} sampled99 {r['test_sampled99']['ndcg@10']:.4f} "
+                      f"({r['seconds_per_epoch']:.1f} s/epoch, best epoch {r['best_epoch']}/{r['epochs_run']}"
+                      f"/{r['budget']})", flush=True)
+                compare(results, args.compare)
+                write(results, out)
+    print(markdown(results))
 
 
 if __name__ == "__main__":

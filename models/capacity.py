@@ -178,6 +178,9 @@ def reset_rows(model: HAIL, rows: np.ndarray | Iterable[int], seed: int = 0) -> 
         fresh = torch.randn((idx.numel(), weight.shape[1]), generator=gen, dtype=weight.dtype) * EMBEDDING_STD
         with torch.no_grad():
             weight[idx.to(weight.device)] = fresh.to(weight.device)
+    if model.item_bias is not None:  # a recycled row starts with a neutral output bias too
+        with torch.no_grad():
+            model.item_bias[idx.to(model.item_bias.device)] = 0.0
 
 
 def candidate_from(live: HAIL, live_vocab: ItemVocab, vocab: ItemVocab, seed: int = 0) -> HAIL:

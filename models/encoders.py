@@ -10,6 +10,11 @@ state of the last position does not depend on how much padding precedes the sequ
   final LayerNorm.
 - :class:`GRU4RecEncoder`: embedding -> GRU -> linear (Hidasi et al. 2016, as in RecBole), with
   SASRec's input scale and final LayerNorm.
+- :class:`BERT4RecEncoder`: the same blocks without the causal mask (Sun et al. 2019, the base
+  network of the HAIL authors' code): trained as a cloze model (random items replaced by a learned
+  mask token, each predicted from both sides), it predicts the next item through a mask token
+  appended after the sequence. It is the one encoder that is not causal; the HAIL ensemble builds
+  its cloze samples (:attr:`SequenceEncoder.cloze`).
 
 Serving cost: in eval mode :meth:`SASRecEncoder.encode` takes a faster, equivalent path (up to
 float rounding) that computes only the last position's query in the final block, and drops the
@@ -41,7 +46,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from models.errors import ModelsError
 from models.vocab import PAD
 
-ENCODERS = ("sasrec", "gru4rec")
+ENCODERS = ("sasrec", "gru4rec", "bert4rec")
+ACTIVATIONS = ("relu", "gelu")
 EMBEDDING_STD = 0.02
 
 
@@ -58,7 +64,12 @@ def init_item_rows(weight: torch.Tensor, start: int, generator: torch.Generator 
 
 
 class SequenceEncoder(nn.Module):
-    """Base class: owns the item table; subclasses implement :meth:`forward`."""
+    """Base class: owns the item table; subclasses implement :meth:`forward`.
+
+    ``cloze`` is False for next-item (causal) encoders: hidden state t predicts item t + 1.
+    """
+
+    cloze = False
 
     def __init__(self, n_rows: int, hidden: int, max_len: int) -> None:
         super().__init__()
@@ -116,10 +127,12 @@ class SequenceEncoder(nn.Module):
 class _FeedForward(nn.Module):
     """Point-wise feed-forward of SASRec (two 1x1 convolutions = two linears)."""
 
-    def __init__(self, hidden: int, dropout: float) -> None:
+    def __init__(self, hidden: int, dropout: float, ffn: int | None = None, activation: str = "relu") -> None:
         super().__init__()
+        inner = ffn or hidden
+        act: nn.Module = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.net = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Dropout(dropout)
+            nn.Linear(hidden, inner), act, nn.Dropout(dropout), nn.Linear(inner, hidden), nn.Dropout(dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +146,13 @@ class SASRecEncoder(SequenceEncoder):
     is SASRec's absolute numbering, and makes the output independent of the padding length.
     """
 
-    def __init__(self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int) -> None:
+    def __init__(
+        self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
+        ffn: int | None = None, activation: str = "relu",
+    ) -> None:
         super().__init__(n_rows, hidden, max_len)
+        if activation not in ACTIVATIONS:
+            raise ModelsError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         if hidden % heads:
             raise ModelsError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.heads = heads
@@ -148,7 +166,7 @@ class SASRecEncoder(SequenceEncoder):
             nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True) for _ in range(layers)
         )
         self.ff_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=1e-8) for _ in range(layers))
-        self.ffs = nn.ModuleList(_FeedForward(hidden, dropout) for _ in range(layers))
+        self.ffs = nn.ModuleList(_FeedForward(hidden, dropout, ffn, activation) for _ in range(layers))
         self.last_norm = nn.LayerNorm(hidden, eps=1e-8)
 
     def _attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
@@ -288,12 +306,73 @@ class GRU4RecEncoder(SequenceEncoder):
         return self.norm(self.out(out.gather(1, back)))
 
 
+class BERT4RecEncoder(SASRecEncoder):
+    """Bidirectional self-attention with a learned mask token (BERT4Rec).
+
+    :meth:`hidden_states` takes an optional ``masked`` ``[B, L]`` bool: those positions are fed
+    the mask token instead of their item (and count as real, not padding). :meth:`encode` appends
+    one mask token after the sequence (dropping the oldest item when the sequence is already
+    ``max_len`` long) and returns its hidden state: the next-item query.
+
+    >>> enc = make_encoder("bert4rec", n_rows=6, hidden=8, layers=1, heads=2, dropout=0.0, max_len=4).eval()
+    >>> enc.encode(torch.tensor([[0, 1, 2, 3]])).shape, enc.cloze
+    (torch.Size([1, 8]), True)
+    """
+
+    cloze = True
+
+    def __init__(
+        self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
+        ffn: int | None = None, activation: str = "gelu",
+    ) -> None:
+        super().__init__(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation)
+        self.mask_emb = nn.Parameter(torch.randn(hidden) * EMBEDDING_STD)
+
+    def _attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
+        """Every real key is visible from every query (no causal mask); diagonal open as in SASRec."""
+        length = padding.shape[1]
+        allowed = (~padding).unsqueeze(1).expand(-1, length, -1)
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=padding.device)
+        return (~allowed).repeat_interleave(self.heads, dim=0)
+
+    def hidden_states(self, seq: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        if seq.dim() != 2:
+            raise ModelsError(f"sequences must be a [B, L] LongTensor, got shape {tuple(seq.shape)}")
+        emb = self.item_emb(seq)
+        padding = seq == PAD
+        if masked is not None:
+            emb = torch.where(masked.unsqueeze(-1), self.mask_emb.to(emb.dtype).expand_as(emb), emb)
+            padding = padding & ~masked
+        return self(emb, padding)
+
+    def with_trailing_mask(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(seq', masked)``: ``seq`` plus one padding column flagged as the mask slot, keeping
+        at most ``max_len`` columns."""
+        if seq.shape[1] >= self.max_len:
+            seq = seq[:, seq.shape[1] - self.max_len + 1 :]
+        seq = torch.cat([seq, torch.zeros_like(seq[:, :1])], dim=1)
+        masked = torch.zeros_like(seq, dtype=torch.bool)
+        masked[:, -1] = True
+        return seq, masked
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.dim() != 2:
+            raise ModelsError(f"sequences must be a [B, L] LongTensor, got shape {tuple(seq.shape)}")
+        seq, masked = self.with_trailing_mask(seq)
+        return self.hidden_states(seq, masked)[:, -1]
+
+
 def make_encoder(
-    kind: str, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int
+    kind: str, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
+    ffn: int | None = None, activation: str | None = None,
 ) -> SequenceEncoder:
-    """Build an encoder by name (``"sasrec"`` or ``"gru4rec"``)."""
+    """Build an encoder by name (one of :data:`ENCODERS`). ``ffn`` (inner width of the
+    feed-forward, default ``hidden``) and ``activation`` (default ReLU; GELU for BERT4Rec) apply
+    to the self-attention encoders."""
     if kind == "sasrec":
-        return SASRecEncoder(n_rows, hidden, layers, heads, dropout, max_len)
+        return SASRecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "relu")
+    if kind == "bert4rec":
+        return BERT4RecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "gelu")
     if kind == "gru4rec":
         return GRU4RecEncoder(n_rows, hidden, layers, dropout, max_len)
     raise ModelsError(f"unknown encoder {kind!r}; use one of {ENCODERS}")

@@ -126,6 +126,42 @@ def evaluate(
     return summarize(ranks, ks, mrr_k)
 
 
+def sampled_ranks(
+    scorer: Scorer,
+    split: SequenceSplit,
+    stage: Stage = "test",
+    n_negatives: int = 99,
+    seed: int = 12345,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Ranks of the target among itself and ``n_negatives`` items drawn uniformly (seeded) from the
+    items the user has not interacted with: the HAIL authors' protocol, **only** to compare with
+    their numbers (DESIGN §4: never mixed with full-ranking results). Rank = negatives scored
+    strictly higher. Returns ``[len(eval_users)]`` int64; summarise with
+    :func:`models.metrics.summarize`.
+    """
+    rng = np.random.default_rng(seed)
+    users = split.eval_users
+    targets = split.target(stage)
+    n_items = split.vocab.rows - 1
+    ranks = np.empty(len(users), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        hist = [split.history(int(u), stage) for u in batch]
+        s = scorer.scores(batch, hist).detach().cpu()
+        for row, (u, h) in enumerate(zip(batch, hist, strict=True)):
+            seen = set(h.tolist()) | {int(targets[u])}
+            if n_items - len(seen) < n_negatives:
+                raise ModelsError(f"user {int(u)} has fewer than {n_negatives} unseen items to sample")
+            neg: list[int] = []
+            while len(neg) < n_negatives:
+                draw = rng.integers(1, n_items + 1, size=2 * n_negatives)
+                neg.extend(int(i) for i in draw if int(i) not in seen and int(i) not in neg)
+            neg_scores = s[row, torch.tensor(neg[:n_negatives])]
+            ranks[start + row] = int((neg_scores > s[row, int(targets[u])]).sum())
+    return ranks
+
+
 def format_table(rows: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
     """An aligned text table: one row per name, one column per metric (union, first-seen order).
 

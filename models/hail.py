@@ -1,13 +1,21 @@
 """HAIL: K >= 2 peer sequential networks trained jointly with Mutual Exclusivity Distillation.
 
-Each peer has its own item table and encoder (encoder kinds cycle through ``config.encoders``),
-and is initialised from its own seed ``config.seed + 1000·k``. Training uses every position of a
-window (each item predicts the next, as SASRec does) with a full softmax over all items; the loss
-is one of :mod:`models.losses` chosen by ``config.distill``. Prediction averages the peers'
+Each peer has its own encoder (encoder kinds cycle through ``config.encoders``), initialised from
+its own seed ``config.seed + 1000·k``, and its own item table unless ``share_embedding`` (the
+authors' layout: one item table, and with ``output_bias`` one output bias, shared by the peers).
+Training uses every position of a window (each item predicts the next, as SASRec does) with a full
+softmax over all items; BERT4Rec peers (``encoders=("bert4rec",)``, all peers or none) are trained
+as cloze models instead: ``mask_prob`` of each window's items, the same for every peer, are
+replaced by the mask token and predicted. The loss is one of :mod:`models.losses` chosen by
+``config.distill`` (MED: ``med_form``, default the coded form with ``med_alpha``/``med_beta``/
+``med_gamma``). ``history="copy"`` adds the history-aware output of :mod:`models.history` to
+every peer (a learned gate between the softmax and a copy distribution over the sequence's own
+items); the losses then see each peer's mixture. Prediction averages the peers'
 log-probabilities, or uses one chosen peer.
 
 Common set-ups: a single SASRec is ``HailConfig(n_peers=1, distill="none")``; a plain ensemble is
-``HailConfig(n_peers=2, med_weight=0.0)``; DML is ``distill="dml"``.
+``HailConfig(n_peers=2, distill="none")``; DML is ``distill="dml"``; HAIL as published is
+``HailConfig(encoders=("bert4rec",), share_embedding=True, output_bias=True, heads=2)``.
 
 >>> import torch
 >>> cfg = HailConfig(n_peers=2, hidden=8, layers=1, max_len=4, dropout=0.0)
@@ -31,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.encoders import ENCODERS, SequenceEncoder, make_encoder
+from models.encoders import ACTIVATIONS, ENCODERS, BERT4RecEncoder, SequenceEncoder, make_encoder
 from models.errors import ModelsError
+from models.history import HISTORY, CopyHead, successors
 from models.losses import (
     AGGREGATES,
     MED_FORMS,
@@ -50,7 +59,10 @@ PEER_SEED_STRIDE = 1000
 class HailConfig:
     """Architecture and loss settings; JSON-round-trippable (``asdict`` / :meth:`from_dict`).
 
-    ``med_gate=False`` is the "no correct gate" ablation of MED.
+    ``med_alpha``/``med_beta``/``med_gamma`` set the coded MED (``med_form="coded"``, DESIGN §3);
+    ``med_weight``, ``med_topk``, ``med_aggregate`` and ``med_gate`` (False: the "no correct
+    gate" ablation) only apply to the reconstructed forms. ``ffn`` = 0 means ``hidden``;
+    ``activation`` "" means the encoder's default (ReLU; GELU for BERT4Rec).
     """
 
     n_peers: int = 2
@@ -64,11 +76,20 @@ class HailConfig:
     med_weight: float = 1.0
     med_topk: int = 10
     med_aggregate: str = "mean"
-    med_form: str = "weighted_ce"
+    med_form: str = "coded"
     med_warmup_epochs: int = 0
     dml_weight: float = 1.0
     seed: int = 0
     med_gate: bool = True
+    med_alpha: float = 0.5
+    med_beta: float = 0.02
+    med_gamma: float = 1.0
+    share_embedding: bool = False
+    output_bias: bool = False
+    history: str = "none"
+    ffn: int = 0
+    activation: str = ""
+    mask_prob: float = 0.2
 
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
@@ -92,6 +113,17 @@ class HailConfig:
             raise ModelsError("med_topk, max_len, hidden, layers and heads must all be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelsError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.history not in HISTORY:
+            raise ModelsError(f"history must be one of {HISTORY}, not {self.history!r}")
+        if self.activation and self.activation not in ACTIVATIONS:
+            raise ModelsError(f"activation must be '' (the encoder's default) or one of {ACTIVATIONS}")
+        if self.ffn < 0 or not 0.0 < self.mask_prob < 1.0:
+            raise ModelsError("ffn must be >= 0 and mask_prob in (0, 1)")
+        if not (self.med_alpha <= 1.0 and 0.0 <= self.med_beta < 1.0 and self.med_gamma >= 0.0):
+            raise ModelsError("med_alpha must be <= 1 (< 0: schedule), med_beta in [0, 1), med_gamma >= 0")
+        kinds = {self.encoders[k % len(self.encoders)] for k in range(self.n_peers)}
+        if "bert4rec" in kinds and len(kinds) > 1:
+            raise ModelsError("bert4rec peers (cloze training) cannot be mixed with next-item encoders")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HailConfig:
@@ -122,9 +154,39 @@ class HAIL(nn.Module):
                     make_encoder(
                         config.encoders[k % len(config.encoders)], n_rows, config.hidden,
                         config.layers, config.heads, config.dropout, config.max_len,
+                        config.ffn or None, config.activation or None,
                     )
                 )
         self.peers = nn.ModuleList(peers)
+        self._share_table()
+        self.item_bias = nn.Parameter(torch.zeros(n_rows)) if config.output_bias else None
+        heads = []
+        if config.history == "copy":
+            for k in range(config.n_peers):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(config.seed + PEER_SEED_STRIDE * k + 1)
+                    heads.append(CopyHead(config.hidden, config.max_len))
+        self.copy_heads = nn.ModuleList(heads)
+
+    def _share_table(self) -> None:
+        # One nn.Embedding module referenced by every peer: one parameter for the optimizer.
+        if self.config.share_embedding:
+            for peer in self.networks[1:]:
+                peer.item_emb = self._peer(0).item_emb
+
+    @property
+    def cloze(self) -> bool:
+        """True when the peers are cloze (BERT4Rec) networks."""
+        return self._peer(0).cloze
+
+    def _scores(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        z = self._peer(k).logits(hidden)
+        return z if self.item_bias is None else z + self.item_bias
+
+    def _copy(self, k: int) -> CopyHead:
+        head = self.copy_heads[k]
+        assert isinstance(head, CopyHead)
+        return head
 
     @property
     def n_rows(self) -> int:
@@ -152,29 +214,32 @@ class HAIL(nn.Module):
         return seqs[:, -self.config.max_len :] if seqs.shape[1] > self.config.max_len else seqs
 
     def training_loss(
-        self, seqs: torch.Tensor, targets: torch.Tensor, epoch: int = 0
+        self, seqs: torch.Tensor, targets: torch.Tensor, epoch: int = 0, step: int = 0, total_steps: int = 0
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss over all positions of a batch of windows.
 
         ``seqs`` and ``targets`` are ``[B, L]`` (targets[b, t] = the item after seqs[b, t]); a
-        position counts when both its input and its target are items (non-zero). MED (or DML)
-        applies from ``epoch >= config.med_warmup_epochs``; before that, and for
-        ``distill="none"``, the peers are trained independently (``Σ_k CE^k``).
+        position counts when both its input and its target are items (non-zero). Cloze peers
+        instead see the window's last L items (``targets``) with a random ``mask_prob`` share of
+        them masked (at least one per row), and predict the masked items. MED (or DML) applies
+        from ``epoch >= config.med_warmup_epochs``; before that, and for ``distill="none"``, the
+        peers are trained independently (``Σ_k CE^k``). ``step``/``total_steps`` feed MED's
+        ``med_alpha < 0`` schedule.
         """
         if seqs.shape != targets.shape:
             raise ModelsError(f"seqs {tuple(seqs.shape)} and targets {tuple(targets.shape)} must have one shape")
         seqs, targets = self._clip(seqs), self._clip(targets)
-        valid = (seqs != PAD) & (targets != PAD)
-        n = int(valid.sum())
-        if n == 0:
-            raise ModelsError("the batch has no position with both an input and a target item")
-        y = targets[valid]
-        logits = [peer.logits(peer.hidden_states(seqs)[valid]) for peer in self._chosen(None)]
+        if self.cloze:
+            logits, y = self._cloze_outputs(targets)
+        else:
+            logits, y = self._next_item_outputs(seqs, targets)
+        n = int(y.numel())
         cfg = self.config
         distilling = cfg.distill != "none" and epoch >= cfg.med_warmup_epochs
         if distilling and cfg.distill == "med":
             loss, stats = mutual_exclusivity_distillation(
-                logits, y, cfg.med_weight, cfg.med_topk, cfg.med_aggregate, cfg.med_form, cfg.med_gate
+                logits, y, cfg.med_weight, cfg.med_topk, cfg.med_aggregate, cfg.med_form, cfg.med_gate,
+                cfg.med_alpha, cfg.med_beta, cfg.med_gamma, step, total_steps,
             )
         elif distilling and cfg.distill == "dml":
             loss, stats = dml_loss(logits, y, cfg.dml_weight)
@@ -183,6 +248,63 @@ class HAIL(nn.Module):
         stats["targets"] = float(n)
         return loss, stats
 
+    def _next_item_outputs(self, seqs: torch.Tensor, targets: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        valid = (seqs != PAD) & (targets != PAD)
+        if not bool(valid.any()):
+            raise ModelsError("the batch has no position with both an input and a target item")
+        length = seqs.shape[1]
+        pos = torch.arange(length, device=seqs.device)
+        ages = (pos.view(-1, 1) - pos.view(1, -1)).unsqueeze(0)  # [1, L, L]: t - s
+        real = seqs != PAD
+        allowed = (ages >= 0) & real.unsqueeze(1)
+        # successor of s is known to query t when s + 1 <= t; the query's current item is seqs[t]
+        succ_allowed = (ages >= 1) & real.unsqueeze(1)
+        match = seqs.unsqueeze(1) == seqs.unsqueeze(2)  # [B, t, s]: item_s == item_t
+        outs = []
+        for k, peer in enumerate(self.networks):
+            h = peer.hidden_states(seqs)
+            outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match))
+        return outs, targets[valid]
+
+    def _cloze_outputs(self, items: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        real = items != PAD
+        if not bool(real.any()):
+            raise ModelsError("the batch has no item to mask")
+        masked = (torch.rand(items.shape, device=items.device) < self.config.mask_prob) & real
+        none = ~masked.any(1) & real[:, -1]
+        masked[:, -1] |= none  # every row predicts at least its latest item
+        length = items.shape[1]
+        pos = torch.arange(length, device=items.device)
+        ages = (pos.view(-1, 1) - pos.view(1, -1) - 1).unsqueeze(0)  # the query is a mask slot
+        visible = real & ~masked
+        allowed = (ages >= 0) & visible.unsqueeze(1)
+        succ_allowed = (ages >= 1) & (visible & successors(visible.long()).bool()).unsqueeze(1)
+        # the query at a mask slot t: its current item is the one at t - 1 (when visible)
+        current = torch.cat([torch.zeros_like(items[:, :1]), items[:, :-1].masked_fill(~visible[:, :-1], PAD)], 1)
+        match = (items.unsqueeze(1) == current.unsqueeze(2)) & (current != PAD).unsqueeze(2)
+        outs = []
+        for k, peer in enumerate(self.networks):
+            assert isinstance(peer, BERT4RecEncoder)
+            h = peer.hidden_states(items, masked)
+            outs.append(self._output(k, h, masked, items, ages, allowed, succ_allowed, match))
+        return outs, items[masked]
+
+    def _output(
+        self, k: int, h: torch.Tensor, where: torch.Tensor, items: torch.Tensor, ages: torch.Tensor,
+        allowed: torch.Tensor, succ_allowed: torch.Tensor, match: torch.Tensor,
+    ) -> torch.Tensor:
+        """Peer k's scores ``[N, V]`` at the ``where`` positions of ``h`` ``[B, L, H]``: logits,
+        or with ``history="copy"`` the mixture's log-probabilities (slots as in
+        :meth:`CopyHead.forward`)."""
+        z = self._scores(k, h[where])
+        if not self.copy_heads:
+            return z
+        a, b, gate = self._copy(k)(h, self._peer(k).item_emb(items), ages, allowed, succ_allowed, match)
+        length = items.shape[1]
+        keys = items.unsqueeze(1).expand(-1, length, -1)
+        succ = successors(items).unsqueeze(1).expand(-1, length, -1)
+        return CopyHead.mix(z, a[where], b[where], gate[where], keys[where], succ[where])
+
     def log_probs(self, seqs: torch.Tensor, peer: int | None = None) -> torch.Tensor:
         """Next-item log-probabilities ``[B, n_rows]`` after ``[B, L]`` left-padded sequences: the
         mean over peers of their log-softmax (or one ``peer``'s); column 0 is ``-inf``.
@@ -190,8 +312,23 @@ class HAIL(nn.Module):
         Runs in the module's current mode: call ``.eval()`` first for deterministic scores.
         """
         seqs = self._clip(seqs)
-        outs = [torch.log_softmax(p.logits(p.encode(seqs)), dim=-1) for p in self._chosen(peer)]
+        if peer is not None:
+            self._chosen(peer)  # validates the index
+        ks = range(len(self.peers)) if peer is None else [peer]
+        outs = [self._next_log_probs(k, seqs) for k in ks]
         return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+    def _next_log_probs(self, k: int, seqs: torch.Tensor) -> torch.Tensor:
+        h = self._peer(k).encode(seqs)
+        z = self._scores(k, h)
+        if not self.copy_heads:
+            return torch.log_softmax(z, dim=-1)
+        length = seqs.shape[1]
+        ages = torch.arange(length - 1, -1, -1, device=seqs.device).view(1, 1, -1)  # latest item: 0
+        real = (seqs != PAD).unsqueeze(1)
+        match = (seqs == seqs[:, -1:]).unsqueeze(1)
+        a, b, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, real, real & (ages >= 1), match)
+        return CopyHead.mix(z, a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs))
 
     @torch.no_grad()
     def recommend(self, seqs: torch.Tensor, k: int, peer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,6 +355,10 @@ class HAIL(nn.Module):
         old = self.n_rows
         if n_rows < old:
             raise ModelsError(f"cannot shrink the model's item tables from {old} to {n_rows} rows")
-        for k in range(len(self.peers)):
+        for k in range(1 if self.config.share_embedding else len(self.peers)):
             gen = torch.Generator().manual_seed(self.config.seed + PEER_SEED_STRIDE * k + old)
             self._peer(k).grow(n_rows, gen)
+        self._share_table()
+        if self.item_bias is not None and n_rows > old:
+            bias = self.item_bias.detach()
+            self.item_bias = nn.Parameter(torch.cat([bias, bias.new_zeros(n_rows - old)]))

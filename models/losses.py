@@ -10,13 +10,24 @@ floats for logging.
 >>> round(next_item_cross_entropy(z, torch.tensor([0])).item(), 6)
 0.693147
 >>> q = torch.log(torch.tensor([[0.2, 0.6, 0.2]]))       # a second peer: p_y = 0.2
->>> loss, _ = mutual_exclusivity_distillation([z, q], torch.tensor([0]), med_weight=1.0, med_topk=1)
+>>> loss, _ = mutual_exclusivity_distillation([z, q], torch.tensor([0]), form="weighted_ce", med_topk=1)
 >>> round(loss.item(), 6)                               # ln2 * (1 + 1*(1 - 0.2)) + ln 5
 2.857103
+
+The coded MED (DESIGN §3, the default form), α = 0.5, β = 0, γ = 1, by hand:
+H^z = ln 2, H^q = ln 5;
+S^z = -[(1 - .2) ln .5 + .6 ln(1 - .25) + .2 ln(1 - .25)] = 0.784663;
+S^q = -[(1 - .5) ln .2 + .25 ln(1 - .6) + .25 ln(1 - .2)] = 1.089578;
+loss = .5 (ln 2 + ln 5) + .5 (0.784663 + 1.089578) = 2.088413.
+
+>>> loss, s = mutual_exclusivity_distillation([z, q], torch.tensor([0]), alpha=0.5, beta=0.0, gamma=1.0)
+>>> round(loss.item(), 6), round(s["soft"], 6)
+(2.088413, 1.874241)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,8 +37,10 @@ import torch.nn.functional as F
 from models.errors import ModelsError
 
 Aggregate = Literal["mean", "max"]
-MedForm = Literal["weighted_ce", "unlikelihood", "exclusive"]
-MED_FORMS = ("weighted_ce", "unlikelihood", "exclusive")
+MedForm = Literal["coded", "weighted_ce", "unlikelihood", "exclusive"]
+MED_FORMS = ("coded", "weighted_ce", "unlikelihood", "exclusive")
+# The reconstructions of MED made before the authors' code was found: ablations only.
+RECONSTRUCTED_FORMS = ("weighted_ce", "unlikelihood", "exclusive")
 AGGREGATES = ("mean", "max")
 
 Logits = Sequence[torch.Tensor] | torch.Tensor
@@ -81,16 +94,133 @@ def ensemble_cross_entropy(logits: Logits, targets: torch.Tensor) -> tuple[torch
     return loss, {"loss": float(loss.detach()), "ce": float(ce.detach().mean())}
 
 
+def log1m_exp(logp: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(logp))`` elementwise for ``logp <= 0``, stable at both ends (Mächler 2012):
+    ``log(-expm1(x))`` near 0, ``log1p(-exp(x))`` below ``-ln 2``; ``logp = 0`` is clamped to
+    ``-1e-7`` (p = 1 would give -inf). ``-inf`` (padding) gives 0.
+
+    >>> [round(v, 6) + 0.0 for v in log1m_exp(torch.log(torch.tensor([0.25, 0.75, 0.0]))).tolist()]
+    [-0.287682, -1.386294, 0.0]
+    """
+    x = logp.clamp(max=-1e-7)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def alpha_at(alpha: float, step: int = 0, total_steps: int = 0) -> float:
+    """The hard-loss weight at ``step``: ``alpha`` itself when ``alpha >= 0``; for ``alpha < 0``
+    the authors' schedule ``0.98 ** floor(step / (0.02 * total_steps + 1))`` (1 at the start,
+    decaying about 2% every 2% of training).
+
+    >>> alpha_at(0.5, 10, 100), alpha_at(-1, 0, 100), round(alpha_at(-1, 9, 100), 4)  # floor(9 / 3) = 3 decays
+    (0.5, 1.0, 0.9412)
+    """
+    if alpha >= 0:
+        if alpha > 1:
+            raise ModelsError(f"med_alpha must be <= 1 (or < 0 for the schedule), not {alpha}")
+        return float(alpha)
+    return float(0.98 ** math.floor(step / (0.02 * max(total_steps, 0) + 1)))
+
+
+def truncation_mask(ce: torch.Tensor, beta: float) -> torch.Tensor:
+    """``m`` ``[N]`` (float 0/1) from per-peer CE ``[K, N]``: a sample is dropped (0) when it is
+    among the ``floor(beta·N)`` largest CEs of **every** peer (jointly hardest, likely noise).
+
+    >>> truncation_mask(torch.tensor([[5., 1., 4., 0.], [3., 9., 4., 0.]]), 0.5).tolist()  # tops {0,2} & {1,2}
+    [1.0, 1.0, 0.0, 1.0]
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ModelsError(f"med_beta must be in [0, 1), not {beta}")
+    n = ce.shape[1]
+    n_drop = int(math.floor(beta * n))
+    keep = torch.ones(n, dtype=ce.dtype, device=ce.device)
+    if n_drop == 0:
+        return keep
+    hardest = torch.ones(n, dtype=torch.bool, device=ce.device)
+    for row in ce:
+        top = torch.zeros(n, dtype=torch.bool, device=ce.device)
+        top[row.topk(n_drop).indices] = True
+        hardest &= top
+    return keep.masked_fill(hardest, 0.0)
+
+
+def coded_med(
+    logits: Logits,
+    targets: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.02,
+    gamma: float = 1.0,
+    step: int = 0,
+    total_steps: int = 0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MED as the authors' code computes it (DESIGN §3): ``Σ_k [α·H^k + (1 - α)·S^k]``.
+
+    Args:
+        logits: K >= 2 tensors ``[N, V]`` (or ``[K, N, V]``); any row-normalised log-probabilities
+            work too (``log_softmax`` of a log-distribution is itself). Padding column at ``-inf``.
+        targets: ``[N]``.
+        alpha: weight of the hard loss; ``< 0`` selects the schedule of :func:`alpha_at`.
+        beta: truncation share (:func:`truncation_mask`); ``N`` still counts every sample.
+        gamma: exponent of the peer weights.
+        step, total_steps: training progress, only read by the ``alpha < 0`` schedule.
+
+    ``H^k = (1/N) Σ_i m_i·CE^k_i``; ``S^k = (1/N) Σ_i m_i Σ_j -[y_ij (1 - sg p̄_ij)^γ log p^k_ij
+    + (1 - y_ij) (sg p̄_ij^γ) log(1 - p^k_ij)]`` where ``p̄`` is the other peer's probability
+    (for K > 2 each weight is the mean over the K - 1 others). The weights carry no gradient.
+
+    Stats: loss, ce (mean CE over peers and N), hard, soft (each summed over peers), alpha,
+    kept (share of samples with m_i = 1).
+    """
+    peers = _peers(logits)
+    if len(peers) < 2:
+        raise ModelsError("MED needs K >= 2 peers; for one network use distill='none' (plain cross-entropy)")
+    if gamma < 0:
+        raise ModelsError(f"med_gamma must be >= 0, not {gamma}")
+    a = alpha_at(alpha, step, total_steps)
+    k = len(peers)
+    n = targets.shape[0]
+    logp = torch.stack([F.log_softmax(z, dim=-1) for z in peers])  # [K, N, V]
+    ce = -logp.gather(2, targets.view(1, n, 1).expand(k, n, 1))[..., 0]  # [K, N]
+    with torch.no_grad():
+        m = truncation_mask(ce, beta)
+        p = logp.exp()
+        pw = p if gamma == 1 else p.pow(gamma)
+        w_neg = (pw.sum(0, keepdim=True) - pw) / (k - 1)  # [K, N, V]: mean over the other peers
+        p_y = p.gather(2, targets.view(1, n, 1).expand(k, n, 1))[..., 0]
+        uy = (1.0 - p_y).pow(gamma)
+        w_pos = (uy.sum(0, keepdim=True) - uy) / (k - 1)  # [K, N]
+        w_neg.scatter_(2, targets.view(1, n, 1).expand(k, n, 1), 0.0)  # y_ij = 1: no unlikelihood term
+    neg = (w_neg * log1m_exp(logp)).sum(2)  # [K, N]; padding: weight 0, log(1 - 0) = 0
+    soft = -(w_pos * -ce + neg)  # [K, N]
+    hard_k = (m * ce).sum(1) / n
+    soft_k = (m * soft).sum(1) / n
+    loss = (a * hard_k + (1.0 - a) * soft_k).sum()
+    return loss, {
+        "loss": float(loss.detach()),
+        "ce": float(ce.detach().mean()),
+        "hard": float(hard_k.detach().sum()),
+        "soft": float(soft_k.detach().sum()),
+        "alpha": a,
+        "kept": float(m.mean()),
+    }
+
+
 def mutual_exclusivity_distillation(
     logits: Logits,
     targets: torch.Tensor,
     med_weight: float = 1.0,
     med_topk: int = 10,
     aggregate: Aggregate | str = "mean",
-    form: MedForm | str = "weighted_ce",
+    form: MedForm | str = "coded",
     gate: bool = True,
+    alpha: float = 0.5,
+    beta: float = 0.02,
+    gamma: float = 1.0,
+    step: int = 0,
+    total_steps: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MED as DESIGN §3 defines it: ``loss = mean_N Σ_k (CE^k + λ·MED^k)``.
+    """MED: ``form="coded"`` (the default) is :func:`coded_med` with ``alpha``, ``beta``, ``gamma``
+    (``step``/``total_steps`` feed the α < 0 schedule), DESIGN §3. The other forms are the earlier
+    reconstructions, kept as ablations: ``loss = mean_N Σ_k (CE^k + λ·MED^k)`` as below.
 
     Args:
         logits: K >= 2 tensors ``[N, V]`` (or one ``[K, N, V]``), padding column at ``-inf``.
@@ -110,11 +240,13 @@ def mutual_exclusivity_distillation(
 
     The weights are detached, so for ``weighted_ce`` ``∂loss/∂z^k = (1 + w^k)(p^k - onehot(y)) / N``.
     """
+    if form not in MED_FORMS:
+        raise ModelsError(f"med_form must be one of {MED_FORMS}, not {form!r}")
+    if form == "coded":
+        return coded_med(logits, targets, alpha, beta, gamma, step, total_steps)
     peers = _peers(logits)
     if len(peers) < 2:
         raise ModelsError("MED needs K >= 2 peers; for one network use distill='none' (plain cross-entropy)")
-    if form not in MED_FORMS:
-        raise ModelsError(f"med_form must be one of {MED_FORMS}, not {form!r}")
     if aggregate not in AGGREGATES:
         raise ModelsError(f"med_aggregate must be one of {AGGREGATES}, not {aggregate!r}")
     if med_topk < 1:

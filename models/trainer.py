@@ -8,7 +8,11 @@ as one LongTensor; each epoch a seeded generator shuffles them into batches of s
 sequence data (Amazon Beauty: 13% of a 51-wide window is items) the encoder stops paying for
 ``max_len``. Adam; early stopping on
 validation NDCG@10 (full ranking, :func:`models.evaluate.evaluate`); the best weights are kept in
-memory and restored at the end.
+memory and restored at the end. Options for converging runs: AdamW (``optimizer="adamw"``), a
+learning rate that warms up linearly over ``warmup_steps`` and then decays linearly to 0 at the
+epoch budget (``schedule="linear"``), and gradient-norm clipping (``clip_norm``).
+:class:`TrainResult` records the best epoch, the epochs run, the budget and whether the budget
+stopped a run that was still improving (``budget_bound``).
 
 >>> left_pad([np.array([1, 2, 3]), np.array([4])], 2).tolist()
 [[2, 3], [0, 4]]
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +62,10 @@ class TrainConfig:
     progress: bool = True
     eval_batch_size: int = 1024
     max_train_windows: int | None = None
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float | None = None
 
 
 @dataclass
@@ -68,6 +76,14 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     seconds_per_epoch: float = 0.0
+    epochs_run: int = 0
+    budget: int = 0
+
+    @property
+    def budget_bound(self) -> bool:
+        """True when training ran out of epochs with its best epoch the last one: it was still
+        improving, so more epochs may help (report it as such)."""
+        return self.epochs_run >= self.budget and self.best_epoch == self.epochs_run
 
 
 def make_windows(sequences: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
@@ -133,11 +149,50 @@ def batch_order(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, po
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _step(model: HAIL, opt: torch.optim.Optimizer, batch: torch.Tensor, epoch: int) -> dict[str, float]:
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "linear")
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """Adam (``weight_decay`` as L2 in the gradient) or AdamW (decoupled weight decay)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ModelsError(f"optimizer must be one of {OPTIMIZERS}, not {name!r}")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate before optimizer step ``step`` (0-based): linear
+    warm-up from ``1/warmup`` to 1 over ``warmup_steps``, then constant or (``"linear"``) a linear
+    decay reaching 0 at ``total_steps``.
+
+    >>> [round(lr_factor(s, 2, 6, "linear"), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    >>> lr_factor(3, 0, 6, "constant")
+    1.0
+    """
+    if schedule not in SCHEDULES:
+        raise ModelsError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
+
+
+def _step(
+    model: HAIL, opt: torch.optim.Optimizer, batch: torch.Tensor, epoch: int, step: int = 0, total_steps: int = 0,
+    clip_norm: float | None = None,
+) -> dict[str, float]:
     batch = trim_padding(batch)
-    loss, stats = model.training_loss(batch[:, :-1], batch[:, 1:], epoch=epoch)
+    loss, stats = model.training_loss(batch[:, :-1], batch[:, 1:], epoch=epoch, step=step, total_steps=total_steps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     opt.step()
     return stats
 
@@ -166,6 +221,10 @@ def train(
         model.grow(split.vocab.rows)
     if tc.epochs < 1 or tc.batch_size < 1 or tc.eval_every < 1:
         raise ModelsError("epochs, batch_size and eval_every must be >= 1")
+    if tc.optimizer not in OPTIMIZERS or tc.schedule not in SCHEDULES:
+        raise ModelsError(f"optimizer must be one of {OPTIMIZERS} and schedule one of {SCHEDULES}")
+    if tc.warmup_steps < 0 or (tc.clip_norm is not None and tc.clip_norm <= 0):
+        raise ModelsError("warmup_steps must be >= 0 and clip_norm > 0 (or None)")
     windows = make_windows(split.train, model.config.max_len)
     if len(windows) == 0:
         raise ModelsError("no training windows: every training sequence is shorter than 2 items")
@@ -181,14 +240,20 @@ def train(
     stale, seconds = 0, 0.0
     with _threads(tc.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)  # dropout
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = make_optimizer(model.parameters(), tc.optimizer, tc.lr, tc.weight_decay)
+        steps_per_epoch = -(-len(windows) // tc.batch_size)
+        total_steps, step = steps_per_epoch * tc.epochs, 0
         bar = tqdm(range(1, tc.epochs + 1), desc=f"train {split.name}", unit="epoch", disable=not tc.progress)
         for epoch in bar:
             started = time.perf_counter()
             model.train()
             sums: dict[str, float] = {}
             for idx in batch_order(lengths, tc.batch_size, gen):
-                stats = _step(model, opt, windows[idx], epoch - 1)
+                factor = lr_factor(step, tc.warmup_steps, total_steps, tc.schedule)
+                for group in opt.param_groups:
+                    group["lr"] = tc.lr * factor
+                stats = _step(model, opt, windows[idx], epoch - 1, step, total_steps, tc.clip_norm)
+                step += 1
                 n = stats["targets"]
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + (value if key == "targets" else value * n)
@@ -213,7 +278,7 @@ def train(
     else:
         best_epoch = len(history)
     model.eval()
-    return TrainResult(model, history, best_epoch, seconds / max(len(history), 1))
+    return TrainResult(model, history, best_epoch, seconds / max(len(history), 1), len(history), tc.epochs)
 
 
 def fine_tune(
@@ -263,7 +328,7 @@ def fine_tune(
                     order, pos = torch.randperm(len(windows), generator=gen), 0
                 idx = order[pos : pos + batch_size]
                 pos += batch_size
-                losses.append(_step(model, opt, windows[idx].to(device), at_epoch)["loss"])
+                losses.append(_step(model, opt, windows[idx].to(device), at_epoch, len(losses), steps)["loss"])
     finally:
         model.train(was_training)
     return {"steps": float(steps), "loss": float(np.mean(losses)), "first_loss": losses[0],

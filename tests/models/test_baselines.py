@@ -233,3 +233,39 @@ def test_fast_predict_one_equals_full_row_on_real_nyc_events() -> None:
     for m in models:
         assert m.predict_one("nobody", [], 10**6) == m.predict_one_full("nobody", [], 10**6)
         assert len(m.predict_one("nobody", [], 10**6)) == m.n_rows - 1
+
+
+def test_decayed_frequency_by_hand_and_limits() -> None:
+    from models.baselines import DecayedFrequency, UserFrequency
+
+    d = DecayedFrequency(half_life=2.0)
+    items, w = d.weights([5, 6, 5, 7])
+    # ages 3, 2, 1, 0 -> 0.5**1.5 + 0.5**0.5 for item 5, 0.5 for 6, 1 for 7
+    assert items.tolist() == [5, 6, 7]
+    assert w.tolist() == pytest.approx([0.5**1.5 + 0.5**0.5, 0.5, 1.0])
+    assert d.predict_one("u", [5, 6, 5, 7], k=3) == [5, 7, 6]
+    long = DecayedFrequency(half_life=1e6)  # no decay: the frequency order
+    hist = [1, 2, 2, 3, 3, 3]
+    assert long.predict_one("u", hist, k=3) == UserFrequency().predict_one("u", hist, k=3)
+    with pytest.raises(ModelsError):
+        DecayedFrequency(0.0)
+
+
+def test_half_life_is_chosen_on_validation_only() -> None:
+    from models.baselines import choose_half_life
+    from models.splits import SequenceSplit
+    from models.vocab import ItemVocab
+
+    # validation target = the most recent item, test target = the most frequent: validation
+    # must pick the shortest half-life whatever the test split says.
+    split = SequenceSplit("t", ItemVocab("abc"), ["u"], [np.array([1, 1, 1, 2])], np.array([2]), np.array([1]))
+    best, scores = choose_half_life(split, (0.5, 100.0))
+    assert best == 0.5 and scores[0.5] == 1.0 and scores[100.0] < 1.0
+
+
+def test_every_old_import_path_still_works() -> None:
+    import models.baselines as b
+
+    for name in ("Baseline", "Popularity", "Markov", "UserFrequency", "NearestDistance", "RankedItems",
+                 "DecayedFrequency", "default_baselines", "haversine_km", "training_events", "EARTH_RADIUS_KM"):
+        assert name in b.__all__ and hasattr(b, name)

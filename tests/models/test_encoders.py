@@ -96,7 +96,7 @@ def test_make_encoder_and_limits() -> None:
     assert isinstance(build("sasrec"), SASRecEncoder)
     assert isinstance(build("gru4rec"), GRU4RecEncoder)
     with pytest.raises(ModelsError, match="unknown encoder"):
-        make_encoder("bert4rec", 10, 8, 1, 1, 0.0, 4)
+        make_encoder("transformer-xl", 10, 8, 1, 1, 0.0, 4)
     with pytest.raises(ModelsError, match="divisible"):
         make_encoder("sasrec", 10, 8, 1, 3, 0.0, 4)
     with pytest.raises(ModelsError, match="max_len"):

@@ -146,3 +146,21 @@ def test_format_table_aligns_columns() -> None:
     # Right-aligned numeric columns: every row ends each column at the same offset.
     ends = {len(line) for line in lines}
     assert len(ends) == 1
+
+
+def test_sampled_protocol_ranks_among_99_unseen_negatives() -> None:
+    from models.evaluate import sampled_ranks
+
+    vocab = ItemVocab(f"i{n}" for n in range(150))
+    split = SequenceSplit("s", vocab, ["a", "b"], [np.array([1, 2, 3]), np.array([4])],
+                          np.array([5, 6]), np.array([7, 8]))
+
+    class ByIndex:  # higher index scores higher
+        def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+            return torch.arange(151, dtype=torch.float32).expand(len(users), -1)
+
+    ranks = sampled_ranks(ByIndex(), split, "test", n_negatives=99, seed=0)
+    assert ranks.shape == (2,) and (ranks >= 90).all() and (ranks <= 99).all()  # targets 7, 8 are low
+    assert (sampled_ranks(ByIndex(), split, "test", seed=0) == ranks).all()  # seeded
+    with pytest.raises(ModelsError, match="unseen"):
+        sampled_ranks(ByIndex(), split, "test", n_negatives=150)

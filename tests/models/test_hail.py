@@ -78,9 +78,11 @@ def test_training_loss_positions_and_independent_ce() -> None:
 def test_med_switch_weight_zero_and_warmup() -> None:
     base = model(replace(SMALL, distill="none"))
     ce_sum = base.training_loss(SEQS, TARGETS)[0]
-    zero = model(replace(SMALL, med_weight=0.0))
+    zero = model(replace(SMALL, med_weight=0.0, med_form="weighted_ce"))
     torch.testing.assert_close(zero.training_loss(SEQS, TARGETS)[0], ce_sum)
-    warm = model(replace(SMALL, med_warmup_epochs=2, med_topk=ROWS))
+    coded_ce = model(replace(SMALL, med_alpha=1.0, med_beta=0.0))  # coded MED with α = 1 is CE
+    torch.testing.assert_close(coded_ce.training_loss(SEQS, TARGETS)[0], ce_sum)
+    warm = model(replace(SMALL, med_warmup_epochs=2, med_topk=ROWS, med_form="weighted_ce"))
     torch.testing.assert_close(warm.training_loss(SEQS, TARGETS, epoch=1)[0], ce_sum)
     on, stats = warm.training_loss(SEQS, TARGETS, epoch=2)
     # top-k = every item: all correct, u > 0, so MED strictly adds to the CE sum

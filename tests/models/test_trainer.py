@@ -162,3 +162,56 @@ def test_batch_order_covers_every_window_once_and_groups_lengths() -> None:
     assert spread < 10  # random batches of 16 from 1..50 would spread about 45
     again = batch_order(lengths, 16, torch.Generator().manual_seed(2), pool=10)
     assert [b.tolist() for b in again] != [b.tolist() for b in batches]
+
+
+def test_adamw_warmup_decay_and_clipping_train_and_report_the_budget() -> None:
+    split = _successor_split(n_users=12)
+    tc = TrainConfig(epochs=4, batch_size=4, lr=1e-2, patience=10, threads=1, progress=False,
+                     optimizer="adamw", weight_decay=0.01, schedule="linear", warmup_steps=3, clip_norm=1.0)
+    result = train(split, TINY, tc)
+    assert result.epochs_run == 4 and result.budget == 4
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    # best epoch == last epoch at the budget: still improving, reported as such
+    assert result.budget_bound == (result.best_epoch == 4)
+    with pytest.raises(ModelsError):
+        train(split, TINY, replace(tc, optimizer="sgd"))
+    with pytest.raises(ModelsError):
+        train(split, TINY, replace(tc, clip_norm=0.0))
+
+
+def test_early_stop_is_not_budget_bound() -> None:
+    split = _successor_split(n_users=10)
+    tc = TrainConfig(epochs=30, batch_size=4, lr=0.0, patience=2, threads=1, progress=False)
+    result = train(split, TINY, tc)
+    assert result.epochs_run == 3 and result.best_epoch == 1 and not result.budget_bound
+
+
+def test_lr_factor_warms_up_then_decays_linearly() -> None:
+    from models.trainer import lr_factor
+
+    assert [lr_factor(s, 4, 12, "linear") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [lr_factor(s, 4, 12, "linear") for s in range(4, 12)]
+    assert decay[0] == 1.0 and all(a > b for a, b in zip(decay, decay[1:], strict=False)) and decay[-1] > 0
+    assert lr_factor(12, 4, 12, "linear") == 0.0 and lr_factor(7, 0, 12, "constant") == 1.0
+    with pytest.raises(ModelsError):
+        lr_factor(0, 0, 1, "cosine")
+
+
+def test_copy_output_learns_the_users_own_transitions() -> None:
+    # Every user repeats a private cycle of 3 items: after a few epochs the history-aware output
+    # ranks the next item of the cycle first.
+    rng = np.random.default_rng(0)
+    n_users, n_items = 16, 40
+    vocab = ItemVocab(str(i) for i in range(n_items))
+    train_seqs, valid, test = [], [], []
+    for _ in range(n_users):
+        cycle = rng.choice(n_items, 3, replace=False) + 1
+        seq = np.tile(cycle, 6)
+        train_seqs.append(seq[:-2].astype(np.int64))
+        valid.append(seq[-2])
+        test.append(seq[-1])
+    split = SequenceSplit("cycles", vocab, [f"u{i}" for i in range(n_users)], train_seqs,
+                          np.array(valid, dtype=np.int64), np.array(test, dtype=np.int64))
+    cfg = replace(TINY, n_peers=1, distill="none", history="copy", max_len=12)
+    result = train(split, cfg, TrainConfig(epochs=15, batch_size=8, lr=1e-2, patience=15, threads=1, progress=False))
+    assert evaluate(ModelScorer(result.model), split, "test", ks=(1,))["hr@1"] > 0.9

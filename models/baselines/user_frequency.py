@@ -1,0 +1,69 @@
+"""The user's own most frequent items."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from models.baselines.base import Baseline, History
+
+
+class UserFrequency(Baseline):
+    """The user's own items, most frequent first; ties by most recent, and every other item after
+    them by popularity. With a history the history is the evidence; without, what
+    :meth:`learn_one` saw of the user (unbounded, unlike a truncated sequence)."""
+
+    name = "user-frequency"
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._step = 0
+        self._user_items: dict[Hashable, dict[int, list[int]]] = {}  # item -> [count, last step]
+
+    def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
+        self._step += 1
+        stats = self._user_items.setdefault(user, {}).setdefault(item, [0, 0])
+        stats[0] += 1
+        stats[1] = self._step
+
+    def _evidence(self, user: Hashable, hist: History | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items, counts, last seen) of the user's own items."""
+        if hist is None:
+            own = self._user_items.get(user, {})
+            items = np.fromiter(own.keys(), dtype=np.int64, count=len(own))
+            stats = np.array(list(own.values()), dtype=np.int64).reshape(-1, 2)
+            return items, stats[:, 0], stats[:, 1]
+        h = np.asarray(hist, dtype=np.int64)
+        h = h[h > 0]
+        items, counts = np.unique(h, return_counts=True)
+        # First index in the reversed history = last position in the history.
+        last = len(h) - 1 - np.unique(h[::-1], return_index=True)[1]
+        return items, counts, last
+
+    def _predict_fast(self, user: Hashable, history: History | None, k: int) -> list[int] | None:
+        # The user's items score m+1..2, above every popularity fraction: they come first, in
+        # (count desc, last seen desc) order, and popular items fill the rest.
+        if history is None:
+            own = self._user_items.get(user, {})
+            stats = {i: (c, seen) for i, (c, seen) in own.items()}
+        else:
+            stats = {}
+            for pos, i in enumerate(np.asarray(history, dtype=np.int64).tolist()):
+                if i > 0:
+                    stats[i] = (stats[i][0] + 1 if i in stats else 1, pos)
+        ranked = sorted(stats, key=lambda i: (-stats[i][0], -stats[i][1]))
+        if len(ranked) >= k:
+            return ranked[:k]
+        fill = [i for i in self._popular_order(k + len(ranked)) if i not in stats]
+        return ranked + fill[: k - len(ranked)]
+
+    def _score_rows(self, users: Sequence[Hashable], histories: Sequence[History | None]) -> np.ndarray:
+        rows = np.tile(self._pop_frac(), (len(users), 1))
+        for r, (user, hist) in enumerate(zip(users, histories, strict=True)):
+            items, counts, last = self._evidence(user, hist)
+            if items.size:
+                order = np.lexsort((-last, -counts))  # most frequent, then most recent
+                # Scores m+1 .. 2 above the popularity fractions (< 1): the user's items come first.
+                rows[r, items[order]] = np.arange(items.size + 1, 1, -1, dtype=np.float64)
+        return rows
