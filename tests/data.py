@@ -13,3 +13,9 @@ needs_nyc = pytest.mark.skipif(
     not NYC.is_dir(),
     reason=f"needs the shared Foursquare NYC data in {NYC} (../shared/data beside the repository); not on this machine",
 )
+BEAUTY = DEFAULT_DATA_DIR / "amazon_beauty"
+
+needs_beauty = pytest.mark.skipif(
+    not BEAUTY.is_dir(),
+    reason=f"needs the shared Amazon Beauty data in {BEAUTY} (../shared/data beside the repository); not on this machine",
+)

@@ -19,11 +19,12 @@ from models.baselines import (
     haversine_km,
     training_events,
 )
-from models.data import DEFAULT_DATA_DIR, Interactions, load_dataset
+from models.data import Interactions, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate
 from models.metrics import top_k
 from models.splits import leave_last_out
+from tests.data import needs_nyc
 
 
 def toy_events(n: int = 300, n_users: int = 12, n_items: int = 20, seed: int = 0) -> Interactions:
@@ -153,7 +154,7 @@ def test_default_baselines_by_data() -> None:
     assert "popularity@100" in default_baselines(split, popularity_window=100)
 
 
-@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "foursquare_nyc").is_dir(), reason="shared data not present")
+@needs_nyc
 def test_reference_numbers_on_foursquare_nyc() -> None:
     """Known leave-last-out test numbers (DESIGN §4 baselines): user frequency HR@10 ~0.56 / NDCG@10
     ~0.38, popularity ~0.05 / 0.03. Loose bounds: they catch a broken ranking, not noise."""
@@ -200,7 +201,7 @@ def test_many_pending_changes_rebuild_the_order() -> None:
     assert ranked.top(200, lambda i: int(keys[i]), 3) == [1, 2, 3]
 
 
-@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "foursquare_nyc").is_dir(), reason="shared data not present")
+@needs_nyc
 def test_fast_predict_one_equals_full_row_on_real_nyc_events() -> None:
     """Stream real events as the worker does (learn, then predict with the latest 50 items) and
     compare with ranking the full score row, for every baseline, several k, and the

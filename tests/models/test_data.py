@@ -5,8 +5,10 @@ import pytest
 
 from models.data import load_dataset
 from models.errors import DataError
+from tests.data import needs_beauty, needs_nyc
 
 
+@needs_nyc
 def test_foursquare_nyc_matches_its_readme():
     ev = load_dataset("foursquare-nyc")
     assert (len(ev), ev.n_users, ev.n_items) == (113_344, 1_082, 4_988)
@@ -15,6 +17,7 @@ def test_foursquare_nyc_matches_its_readme():
     assert ev.lat is not None and 40 < float(ev.lat.mean()) < 41.5
 
 
+@needs_beauty
 def test_amazon_beauty_matches_its_readme_and_keeps_line_order_on_ties():
     ev = load_dataset("amazon-beauty")
     assert (len(ev), ev.n_users, ev.n_items) == (198_502, 22_363, 12_101)

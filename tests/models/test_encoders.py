@@ -7,6 +7,7 @@ import torch
 
 from models.encoders import GRU4RecEncoder, SASRecEncoder, make_encoder
 from models.errors import ModelsError
+from tests.data import needs_nyc
 
 KINDS = ["sasrec", "gru4rec"]
 
@@ -148,6 +149,7 @@ def test_sasrec_fast_encode_is_eval_only() -> None:
     assert enc.ffs[0].net[0].weight.grad is not None
 
 
+@needs_nyc
 def test_hail_recommend_equals_reference_on_real_histories() -> None:
     """HAIL.log_probs / recommend on real Foursquare NYC histories (a full vocabulary, ragged
     lengths) agree with log-softmax over the reference all-positions encoder."""

@@ -4,6 +4,9 @@ import pytest
 from models.data import Interactions, load_dataset
 from models.errors import DataError
 from models.splits import leave_last_out
+from tests.data import needs_nyc
+
+pytestmark = needs_nyc
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from models.hail import HAIL, HailConfig
 from models.splits import SequenceSplit, leave_last_out
 from models.trainer import TrainConfig, batch_order, fine_tune, left_pad, make_windows, train, trim_padding
 from models.vocab import ItemVocab
+from tests.data import needs_nyc
 
 TINY = HailConfig(n_peers=2, hidden=16, layers=1, dropout=0.0, max_len=8, med_topk=3)
 
@@ -121,6 +122,7 @@ def _pair(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w[:, :-1], w[:, 1:]
 
 
+@needs_nyc
 @pytest.mark.slow
 def test_short_real_run_beats_popularity() -> None:
     """Foursquare NYC, first 15k check-ins: a small SASRec+MED pair beats global popularity on
