@@ -30,7 +30,7 @@ every encoder: it only reads hidden states and the item table.
 (torch.Size([1, 1, 3]), torch.Size([1, 1]))
 >>> logits = torch.tensor([[float("-inf"), 0.0, 0.0, 0.0]])   # uniform softmax over items 1..3
 >>> logp = head.mix(logits, a[:, 0], b[:, 0], g[:, 0], items, items)  # gate starts at 0.5
->>> [round(float(v), 4) for v in logp.exp()[0, 1:]]          # item 2: 0.5·1 + 0.5·(1/3)
+>>> [round(float(v), 4) for v in logp.detach().exp()[0, 1:]]          # item 2: 0.5·1 + 0.5·(1/3)
 [0.1667, 0.6667, 0.1667]
 """
 
