@@ -7,7 +7,10 @@ the sequence's content (its index bytes), not by a user id: a state is by constr
 encoder's state after exactly those items, so a hit can never be stale for its key, whichever
 user it came from; an LRU bound (``capacity`` entries) caps memory. A user whose window slides
 (its history is already ``max_len`` long) or whose sequence changed otherwise (an item became
-known after a vocabulary change) simply misses and is re-encoded in full.
+known after a vocabulary change) simply misses and is re-encoded in full; full windows are
+therefore not cached at all. **The cache only pays while windows fill**: on a mature stream, where
+most users have ``max_len`` items or more, almost every event slides and is re-encoded (no exact
+state of a model that reads only the last ``max_len`` items survives dropping the oldest one).
 
 Which encoders have an exact incremental state:
 
@@ -75,6 +78,7 @@ class IncrementalScorer:
             assert isinstance(net, GRU4RecEncoder)
             self._nets.append(net)
         self._n_rows = model.n_rows
+        self._full_key = 8 * model.config.max_len  # bytes of a full window's key
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._weights = self._stack_weights()
         self.hits = 0
@@ -155,7 +159,8 @@ class IncrementalScorer:
         return torch.stack([net.norm(net.out(out[p, :, -1])) for p, net in enumerate(self._nets)])
 
     def _remember(self, key: bytes, state: torch.Tensor) -> None:
-        if not self.capacity:
+        # A full window is never stepped from: the user's next window drops its oldest item.
+        if not self.capacity or len(key) >= self._full_key:
             return
         self._cache[key] = state
         self._cache.move_to_end(key)

@@ -83,6 +83,9 @@ def test_cache_is_bounded_and_measured():
     inc.log_probs([np.array([i]) for i in range(1, 10)])
     assert len(inc) == 3
     assert 300 < inc.bytes_per_entry() < 5000
+    inc.clear()
+    inc.log_probs([np.arange(1, 6)])  # a full window (max_len 5): its user's next window slides
+    assert len(inc) == 0
     off = IncrementalScorer(model, capacity=0)
     off.log_probs([np.array([1]), np.array([1, 2])])
     assert len(off) == 0
