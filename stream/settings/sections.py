@@ -42,6 +42,9 @@ class WorkerSettings(BaseModel):
     baseline_sample_every: int = Field(1, description="baselines predict for 1 in N users")
     threads: int = Field(1, description="torch intra-op threads")
     length_buckets: int = Field(1, description="forward passes per batch, grouped by history length (1 = one pass)")
+    state_cache: int = Field(
+        20000, description="incremental inference: cached encoder states (LRU; GRU4Rec peers only; 0 = off)"
+    )
     peer: int | None = Field(None, description="serve one peer network instead of the ensemble")
     datadir: Path | None = Field(None, description="Faust data directory (default: a temporary directory)")
     web_bind: str = Field("127.0.0.1", description="Faust web server address (the server stays off)")
@@ -63,6 +66,8 @@ class WorkerSettings(BaseModel):
         for name in ("batch_size", "timeline_every", "baseline_sample_every", "threads", "length_buckets"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"HAILSTREAM_{name.upper()} ({name}) must be >= 1, got {getattr(self, name)!r}")
+        if self.state_cache < 0:
+            raise SettingsError(f"HAILSTREAM_STATE_CACHE (state_cache) must be >= 0 (0 = off), got {self.state_cache!r}")
         if not (math.isfinite(self.batch_timeout) and self.batch_timeout >= 0):
             raise SettingsError(
                 f"HAILSTREAM_BATCH_TIMEOUT (batch_timeout) must be a finite number of seconds >= 0, got {self.batch_timeout!r}"

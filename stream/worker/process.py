@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def load_recommender(
-    checkpoint_path: Path | str, *, peer: int | None = None, length_buckets: int = 1
+    checkpoint_path: Path | str, *, peer: int | None = None, length_buckets: int = 1, state_cache: int = 0
 ) -> OnlineRecommender:
     """An :class:`OnlineRecommender` serving a checkpoint written by ``models.checkpoint``; the
     version is the checkpoint's ``meta["version"]``, else its file name."""
@@ -38,7 +38,9 @@ def load_recommender(
 
     ckpt = load_checkpoint(checkpoint_path)
     version = str(ckpt.meta.get("version") or Path(checkpoint_path).stem)
-    return OnlineRecommender(ckpt.model, ckpt.vocab, version, peer=peer, length_buckets=length_buckets)
+    return OnlineRecommender(
+        ckpt.model, ckpt.vocab, version, peer=peer, length_buckets=length_buckets, state_cache=state_cache
+    )
 
 
 def run_worker(
@@ -79,7 +81,9 @@ def run_worker(
     torch.set_num_threads(max(1, ws.threads))
     if recommender is None:
         assert ws.checkpoint is not None
-        recommender = load_recommender(ws.checkpoint, peer=ws.peer, length_buckets=ws.length_buckets)
+        recommender = load_recommender(
+            ws.checkpoint, peer=ws.peer, length_buckets=ws.length_buckets, state_cache=ws.state_cache
+        )
     if ensure:
         ensure_topics(settings, {changelog_topic(settings): settings.partitions})
     metrics: Metrics | None = None

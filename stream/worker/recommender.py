@@ -37,6 +37,7 @@ import torch
 
 from models.baselines import Baseline, Markov, Popularity, UserFrequency
 from models.hail import HAIL
+from models.incremental import IncrementalScorer
 from models.metrics import top_k_row
 from models.trainer import left_pad
 from models.vocab import ItemVocab
@@ -85,6 +86,13 @@ class OnlineRecommender:
     2 SASRec peers: 1 -> 2 -> 3 buckets = 1.0 -> 1.5 -> 1.8x the events per CPU second). The
     answers do not change (up to float rounding).
 
+    ``state_cache`` > 0 turns on incremental inference (:mod:`models.incremental`) for models
+    that have an exact incremental state (GRU4Rec peers, no copy output): up to that many
+    sequences' encoder states are cached (LRU), so a history that extends a cached one by an item
+    costs one encoder step. The cache belongs to one live version: a swap (and a grown item table)
+    starts an empty one. Other models (SASRec, BERT4Rec, copy output) ignore it and are re-encoded
+    in full. The answers do not change (up to float rounding).
+
     The model handed to :meth:`swap` (or the constructor) must not be trained further in place:
     train a copy and swap that in.
     """
@@ -98,7 +106,10 @@ class OnlineRecommender:
         peer: int | None = None,
         fallback: Fallback | None = None,
         length_buckets: int = 1,
+        state_cache: int = 0,
     ) -> None:
+        if state_cache < 0:
+            raise StreamError(f"state_cache must be >= 0 (0 = no incremental inference), not {state_cache}")
         if length_buckets < 1:
             raise StreamError(f"length_buckets must be >= 1 (1 = one forward pass per batch), not {length_buckets}")
         self._live = _check(model, vocab, version)
@@ -106,6 +117,20 @@ class OnlineRecommender:
         self._swap_lock = threading.Lock()
         self.peer = peer
         self.fallback = fallback
+        self.state_cache = state_cache
+        self._scorer: tuple[LiveModel, IncrementalScorer] | None = None
+
+    def incremental(self, live: LiveModel | None = None) -> IncrementalScorer | None:
+        """The incremental scorer of ``live`` (default: the live version), or None when the cache is
+        off or the model has no exact incremental state. A new version gets a new, empty cache."""
+        live = live or self._live
+        if not self.state_cache or not IncrementalScorer.supports(live.model):
+            return None
+        current = self._scorer
+        if current is None or current[0] is not live:
+            current = (live, IncrementalScorer(live.model, self.state_cache, self.peer))
+            self._scorer = current
+        return current[1]
 
     @property
     def live(self) -> LiveModel:
@@ -156,23 +181,37 @@ class OnlineRecommender:
         if warm:
             rows = live.vocab.rows
             ids = live.vocab.to_list()
-            for group in self._groups(warm, encoded):
+            scorer = self.incremental(live)
+            groups = [warm] if scorer is not None else self._groups(warm, encoded)
+            for group in groups:
                 rows_in = [encoded[n] for n in group]
+                if scorer is not None:
+                    lp = scorer.log_probs(rows_in)
+                    top = torch.topk(lp, min(k, live.model.n_rows - 1), dim=-1)
+                    scores, indices = top.values, top.indices
+                    self._answers(out, group, scores, indices, ids, rows)
+                    continue
                 # Pad to the longest history of the group, not to max_len: the encoders' output
                 # does not depend on the padding length, and attention costs grow with its square.
                 seqs = left_pad(rows_in, max(len(r) for r in rows_in))
                 with torch.inference_mode():  # lighter than recommend's own no_grad
                     scores, indices = live.model.recommend(seqs, k, peer=self.peer)
-                for n, srow, irow in zip(group, scores.tolist(), indices.tolist(), strict=True):
-                    # A model may have more rows than its vocabulary names (grown ahead): skip those.
-                    pairs = [(ids[i - 1], s) for i, s in zip(irow, srow, strict=True) if 0 < i < rows]
-                    out[n] = ([p[0] for p in pairs], [p[1] for p in pairs])
+                self._answers(out, group, scores, indices, ids, rows)
         if len(warm) < len(histories) and self.fallback is not None:
             cold_answer = self.fallback(k)
             for n in range(len(histories)):
                 if not encoded[n].size:
                     out[n] = cold_answer
         return live.version, out
+
+    @staticmethod
+    def _answers(
+        out: list[Ranked], group: list[int], scores: torch.Tensor, indices: torch.Tensor, ids: list[str], rows: int
+    ) -> None:
+        for n, srow, irow in zip(group, scores.tolist(), indices.tolist(), strict=True):
+            # A model may have more rows than its vocabulary names (grown ahead): skip those.
+            pairs = [(ids[i - 1], s) for i, s in zip(irow, srow, strict=True) if 0 < i < rows]
+            out[n] = ([p[0] for p in pairs], [p[1] for p in pairs])
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int) -> list[Ranked]:
         """Top-``k`` (item ids, scores) after each history (external ids, oldest first), from ONE
