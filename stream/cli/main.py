@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for model.safetensors (the best so far, saved as it improves), "
                         "history.json and metrics.json")
     t.add_argument("--limit", type=_count, help="use only the first N events (quick runs; recorded in the checkpoint)")
-    for name, typ, text in [
+    flags: list[tuple[str, Callable[[str], Any], str]] = [
         ("--hidden", _count, "embedding and hidden size (default 64)"),
         ("--layers", _count, "encoder layers per peer (default 2)"),
         ("--dropout", _nonnegative, "dropout rate (default 0.2)"),
@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", _count, "stop after this many epochs without a better validation NDCG@10 (default 5)"),
         ("--threads", _count, "torch threads (default: torch's choice)"),
         ("--seed", int, "seed of initialisation, shuffling and dropout (default 0)"),
-    ]:
+    ]
+    for name, typ, text in flags:
         t.add_argument(name, type=typ, help=text)
     t.add_argument("--med-form", choices=("weighted_ce", "unlikelihood", "exclusive"), help="the form of the MED loss")
     t.add_argument("--med-aggregate", choices=("mean", "max"), help="how MED aggregates the other peers")

@@ -2,12 +2,11 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-
-import subprocess
-import sys
 
 from models.checkpoint import load_checkpoint
 from models.data import load_dataset
