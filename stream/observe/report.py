@@ -112,7 +112,8 @@ def _draw_marks(ax: Axes, drifts: Sequence[Mapping[str, Any]], versions: Sequenc
             ax.text(int(v["events"]), 0.98, f" \u2192 {v.get('new')}", transform=top, rotation=90, va="top", ha="left",
                     fontsize=8, color=VERSION_COLOUR)
     if legend and first_version:
-        ax.text(x0, 0.98, f" model {first_version}", transform=top, rotation=90, va="top", ha="left", fontsize=8,
+        label = f"v{first_version}" if str(first_version).isdigit() else first_version
+        ax.text(x0, 0.98, f" model {label}", transform=top, rotation=90, va="top", ha="left", fontsize=8,
                 color="dimgray")
 
 
@@ -169,7 +170,7 @@ def plot_timeline(records: Sequence[Mapping[str, Any]], out_path: Path | str, ti
     ndcg_top = _draw_scorers(ndcg_ax, points, scorers, f"ndcg@{k}")
     _draw_marks(ndcg_ax, drifts, versions, None, 0, legend=False)
     ndcg_ax.set_ylim(0, max(0.05, ndcg_top * 1.2))
-    ndcg_ax.set_ylabel(f"windowed NDCG@{k}{per}")
+    ndcg_ax.set_ylabel(f"windowed NDCG@{k}")
     ndcg_ax.set_xlabel("events processed")
     ndcg_ax.grid(alpha=0.3)
     out = Path(out_path)
