@@ -214,6 +214,9 @@ def load_dataset(spec: str | Path, data_dir: Path | str | None = None) -> Intera
         return load_amazon_beauty(base)
     path = Path(spec)
     if not path.exists():
+        if path.suffix or len(path.parts) > 1:
+            raise DataError(f"file not found: {str(spec)!r} (a data set file: CSV/TSV with a user,item,timestamp "
+                            "header, or a RecBole .inter file)")
         raise DataError(
             f"unknown data set {str(spec)!r}: use foursquare-nyc, amazon-beauty, or the path of a "
             "CSV/TSV (user,item,timestamp header) or RecBole .inter file"

@@ -27,8 +27,9 @@ from typing import Any
 
 from models.errors import ModelsError
 from models.hail import HailConfig
+from models.names import MODELS
 
-MODELS = ("hail", "sasrec", "gru4rec", "ensemble", "dml", "hail-published")
+__all__ = ["MODELS", "preset"]
 
 
 def preset(model: str, peers: int = 2, **overrides: Any) -> HailConfig:

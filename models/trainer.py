@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -207,12 +207,15 @@ def train(
     config: HailConfig | None = None,
     train_config: TrainConfig | None = None,
     model: HAIL | None = None,
+    on_best: Callable[[HAIL, int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a new HAIL (or continue ``model``) on ``split.train``; early-stop on validation NDCG@10.
 
     Returns the model with its best validation weights restored. ``history`` has one dict per
     epoch: epoch, loss, ce, seconds, and (when evaluated) valid_ndcg@10, valid_hr@10, plus the
-    loss statistics (e.g. MED's correct/u/active shares).
+    loss statistics (e.g. MED's correct/u/active shares). ``on_best(model, epoch, row)`` is called
+    each time validation finds a new best (the caller can save a checkpoint, so that an interrupted
+    run leaves its best model so far).
     """
     tc = train_config or TrainConfig()
     if model is None:
@@ -267,6 +270,9 @@ def train(
                 if score > best_score:
                     best_score, best_epoch, stale = score, epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
+                    if on_best is not None:
+                        model.eval()
+                        on_best(model, epoch, row)
                 else:
                     stale += 1
             history.append(row)

@@ -15,7 +15,7 @@ they are tested without running anything.
 ...              "seconds": 12.5, "candidate": {"ndcg@10": 0.2}, "live": {"ndcg@10": 0.1}}]))
 ['fine-tune 1 (drift): promoted v2 in 12 s (gate NDCG@10 0.2000 vs live 0.1000)', 'worker: now serving v2 (at event 900)']
 >>> view.versions
-['1', 'v2']
+['v1', 'v2']
 """
 
 from __future__ import annotations
@@ -62,13 +62,52 @@ class RunView:
         for v in verdicts[self.verdicts_seen:]:
             news.append(f"guard: {v.get('action')} {v.get('version')} ({v.get('reason')})")
         self.verdicts_seen = max(self.verdicts_seen, len(verdicts))
-        version = worker.live_model_version or worker.model_version
+        served = worker.live_model_version or worker.model_version
+        version = version_label(served) if served else None
         if version and (not self.versions or self.versions[-1] != str(version)):
             if self.versions:
                 news.append(f"worker: now serving {version} (at event {worker.events:,})")
             if str(version) not in self.versions:
                 self.versions.append(str(version))
         return news
+
+
+def version_label(version: object) -> str:
+    """One label style for model versions everywhere the demo shows one: ``v1``, ``v2``, ...
+
+    >>> version_label("1"), version_label("v2"), version_label(None)
+    ('v1', 'v2', '?')
+    """
+    if version is None or version == "":
+        return "?"
+    text = str(version)
+    return f"v{text}" if text.isdigit() else text
+
+
+def accuracy_by_version(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How accuracy changed with each served version: per stretch of the timeline's points served
+    by one version, its events and the windowed HR@10 of the model and of the best baseline at the
+    stretch's end.
+
+    >>> pts = [{"kind": "point", "events": e, "version": v, "window": {"hail": {"hr@10": h}, "pop": {"hr@10": 0.1}}}
+    ...        for e, v, h in [(100, "1", 0.05), (200, "1", 0.08), (300, "v2", 0.15)]]
+    >>> [(r["version"], r["from_event"], r["to_event"], r["hr@10"], r["baseline"]) for r in accuracy_by_version(pts)]
+    [('v1', 0, 200, 0.08, ('pop', 0.1)), ('v2', 200, 300, 0.15, ('pop', 0.1))]
+    """
+    out: list[dict[str, Any]] = []
+    for r in timeline:
+        if r.get("kind") != "point" or r.get("version") is None:
+            continue
+        label = version_label(r["version"])
+        window = r.get("window", {})
+        hr = window.get(MODEL_SCORER, {}).get(HR)
+        others = {k: v.get(HR) for k, v in window.items() if k != MODEL_SCORER and v.get(HR) is not None}
+        best = max(others.items(), key=lambda kv: kv[1]) if others else None
+        if not out or out[-1]["version"] != label:
+            start = out[-1]["to_event"] if out else 0
+            out.append({"version": label, "from_event": start})
+        out[-1].update({"to_event": int(r.get("events", 0)), "hr@10": hr, "baseline": best})
+    return out
 
 
 def finetune_line(n: int, h: dict[str, Any]) -> str:
@@ -98,7 +137,7 @@ def live_line(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, target: i
     base, base_hr = best_baseline(worker)
     line = (f"events {worker.events:>7,}/{target:<7,} {rate:6.0f}/s | HR@10 (last 1000) HAIL "
             f"{_scorer(worker, MODEL_SCORER, f'window_{HR}'):.3f} {base} {base_hr:.3f} | dead letters "
-            f"{worker.dead_letters} | model {worker.live_model_version or worker.model_version or '?'}"
+            f"{worker.dead_letters} | model {version_label(worker.live_model_version or worker.model_version)}"
             f" | drift {len((worker.drift or {}).get('detections', []))}")
     if trainer is not None:
         out = trainer.outcomes
@@ -126,8 +165,8 @@ def versions_served(view_versions: list[str], timeline: list[dict[str, Any]]) ->
             names = [str(r.get("old")), str(r.get("new"))]
         else:
             continue
-        out += [n for n in names if n not in out and n != "None"]
-    return out + [v for v in view_versions if v not in out]
+        out += [version_label(n) for n in names if version_label(n) not in out and n != "None"]
+    return out + [version_label(v) for v in view_versions if version_label(v) not in out]
 
 
 def _hr_at(points: list[dict[str, Any]], scorer: str = MODEL_SCORER) -> float | None:
@@ -202,6 +241,7 @@ def summarize(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, versions:
         "dead_letter_reasons": worker.dead_letter_reasons,
         "prequential": scorers,
         "model_versions_served": versions_served(versions, timeline),
+        "accuracy_by_version": accuracy_by_version(timeline),
         "swaps": worker.swaps or 0,
         "rollbacks": worker.rollbacks or 0,
         "guard_verdicts": worker.guard_verdicts or [],
@@ -224,12 +264,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as the console shows it at the end."""
     lines = [f"events {summary['events']:,}  predictions {summary['predictions']:,}  "
              f"dead letters {summary['dead_letters']:,}  wall {summary['wall_seconds']:.1f} s  "
-             f"first prediction after {summary.get('first_prediction_s') or float('nan'):.1f} s",
+             f"first prediction after {_num(summary.get('first_prediction_s'), '.1f')} s",
              f"{'scorer':<16}{'HR@10':>8}{'NDCG@10':>9}{'MRR@10':>8}{'scored':>9}"]
     for name, m in summary["prequential"].items():
         lines.append(f"{name:<16}{m['hr@10'] or 0:>8.4f}{m['ndcg@10'] or 0:>9.4f}{m['mrr@10'] or 0:>8.4f}"
                      f"{m['n'] or 0:>9,}")
     lines.append(f"model versions served: {', '.join(summary['model_versions_served']) or '-'}")
+    for r in summary.get("accuracy_by_version") or []:
+        base = r.get("baseline")
+        lines.append(f"  {r['version']:<4} events {r['from_event']:>7,}..{r['to_event']:<7,} HAIL HR@10 (last 1000) "
+                     f"{_num(r.get('hr@10'))}" + (f" vs {base[0]} {_num(base[1])}" if base else ""))
     if summary.get("trainer", True):
         lines.append(f"fine-tunes {summary['finetunes']} (promoted {summary['promotions']}, rejected "
                      f"{summary['rejections']}, failed {summary['failed_finetunes']}), hot swaps "

@@ -8,19 +8,75 @@ that says what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from models.errors import ModelsError
-from models.presets import MODELS
+from models.names import MODELS
 from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.errors import StreamError
 from stream.settings import Settings, settings_fields
 
 #: Settings the demo sets itself, per run directory (not flags of ``hailstream demo``).
 DEMO_OWN = ("checkpoint", "stats_file", "timeline", "datadir", "trainer_checkpoint", "trainer_stats_file")
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (usage errors exit 2 before anything starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _nonnegative(text: str) -> float:
+    """An argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _readable(text: str) -> str:
+    """An argparse type: a checkpoint that exists and can be read (a file, or a folder holding
+    model.safetensors)."""
+    path = Path(text)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {path} (permission denied)")
+    return str(path)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("hailstream")
+    except Exception:  # not installed: the source tree
+        return "unknown"
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
@@ -149,6 +205,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hailstream", description="Streaming next-item / next-POI recommendation with HAIL on Kafka.")
+    p.add_argument("--version", action="version", version=f"hailstream {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, kafka: bool = False) -> None:
@@ -160,48 +217,64 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model offline and write a checkpoint")
     common(t)
     t.add_argument("--dataset", required=True, help="foursquare-nyc, amazon-beauty, or a CSV/TSV/.inter path")
-    t.add_argument("--model", choices=MODELS, default="hail")
-    t.add_argument("--peers", type=int, default=2, help="K, the number of peer networks (hail/ensemble/dml)")
+    t.add_argument("--model", choices=MODELS, default="hail", help="the model to train (default hail)")
+    t.add_argument("--peers", type=_count, default=2, help="K, the number of peer networks (hail/ensemble/dml; default 2)")
     t.add_argument("--encoders", help="comma-separated encoder per peer, cycled: sasrec,gru4rec")
-    t.add_argument("--out", required=True, help="output folder for model.safetensors and metrics.json")
-    t.add_argument("--limit", type=int, help="use only the first N events (quick runs)")
-    for name, typ in [("--hidden", int), ("--layers", int), ("--dropout", float), ("--max-len", int),
-                      ("--med-weight", float), ("--med-topk", int), ("--med-warmup", int), ("--epochs", int),
-                      ("--batch-size", int), ("--lr", float), ("--patience", int), ("--threads", int),
-                      ("--seed", int)]:
-        t.add_argument(name, type=typ)
-    t.add_argument("--med-form", choices=("weighted_ce", "unlikelihood", "exclusive"))
-    t.add_argument("--med-aggregate", choices=("mean", "max"))
+    t.add_argument("--out", required=True,
+                   help="output folder for model.safetensors (the best so far, saved as it improves), "
+                        "history.json and metrics.json")
+    t.add_argument("--limit", type=_count, help="use only the first N events (quick runs; recorded in the checkpoint)")
+    flags: list[tuple[str, Callable[[str], Any], str]] = [
+        ("--hidden", _count, "embedding and hidden size (default 64)"),
+        ("--layers", _count, "encoder layers per peer (default 2)"),
+        ("--dropout", _nonnegative, "dropout rate (default 0.2)"),
+        ("--max-len", _count, "longest history a peer reads (default 50)"),
+        ("--med-weight", _nonnegative, "weight of the MED distillation loss"),
+        ("--med-topk", _count, "items per peer that MED treats as that peer's claims"),
+        ("--med-warmup", int, "epochs before MED starts"),
+        ("--epochs", _count, "training epochs at most (default 30)"),
+        ("--batch-size", _count, "training windows per step (default 64)"),
+        ("--lr", _positive, "learning rate (default 0.002)"),
+        ("--patience", _count, "stop after this many epochs without a better validation NDCG@10 (default 5)"),
+        ("--threads", _count, "torch threads (default: torch's choice)"),
+        ("--seed", int, "seed of initialisation, shuffling and dropout (default 0)"),
+    ]
+    for name, typ, text in flags:
+        t.add_argument(name, type=typ, help=text)
+    t.add_argument("--med-form", choices=("weighted_ce", "unlikelihood", "exclusive"), help="the form of the MED loss")
+    t.add_argument("--med-aggregate", choices=("mean", "max"), help="how MED aggregates the other peers")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print metrics as JSON")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint")
     common(e)
-    e.add_argument("checkpoint")
-    e.add_argument("--dataset", required=True)
-    e.add_argument("--stage", choices=("valid", "test"), default="test")
-    e.add_argument("--limit", type=int, help="the --limit the checkpoint was trained with")
+    e.add_argument("checkpoint", help="a checkpoint file, or the folder hailstream train --out wrote")
+    e.add_argument("--dataset", help="data set to evaluate on (default: the one the checkpoint records)")
+    e.add_argument("--stage", choices=("valid", "test"), default="test",
+                   help="which held-out item of each user to rank (default test)")
+    e.add_argument("--limit", type=_count,
+                   help="use only the first N events (default: the --limit the checkpoint was trained with)")
     e.add_argument("--baselines", action="store_true", help="also evaluate the baselines")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("broker", help="run the embedded Kafka-wire broker (Tansu) until Ctrl-C")
-    b.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    b.add_argument("--port", type=int, help="port on 127.0.0.1 (default: 9092 when free, else a free one)")
     b.set_defaults(func=_cmd_broker)
 
     r = sub.add_parser("replay", help="publish a data set's events to the interactions topic in time order")
     common(r, kafka=True)
-    r.add_argument("--dataset", required=True)
-    r.add_argument("--speed", type=float, help="event-time speed-up factor (e.g. 3600 = an hour per second)")
-    r.add_argument("--max-rate", type=float, help="at most N events per second")
+    r.add_argument("--dataset", required=True, help="foursquare-nyc, amazon-beauty, or a CSV/TSV/.inter path")
+    r.add_argument("--speed", type=_positive, help="event-time speed-up factor (e.g. 3600 = an hour per second)")
+    r.add_argument("--max-rate", type=_positive, help="at most N events per second")
     r.add_argument("--from-block", help="start at this block (Foursquare NYC: T1..T5)")
-    r.add_argument("--limit", type=int)
+    r.add_argument("--limit", type=_count, help="publish only the first N events")
     r.set_defaults(func=_cmd_replay)
 
     tp = sub.add_parser("topics", help="create the topics (or --delete them) and list them")
     common(tp, kafka=True)
-    tp.add_argument("--delete", action="store_true")
+    tp.add_argument("--delete", action="store_true", help="delete the topics instead of creating them")
     tp.set_defaults(func=_cmd_topics)
 
     w = sub.add_parser("worker", help="run the Faust worker (needs --checkpoint)")
@@ -222,20 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="one command: embedded broker + HAIL + worker + replay, live view, summary")
     add_settings_flags(d, ["shared", "worker", "trainer"], trainer_prefix="trainer_", skip=DEMO_OWN)
-    d.add_argument("--dataset", default="foursquare-nyc", choices=("foursquare-nyc", "amazon-beauty"))
-    d.add_argument("--limit", type=int, help="replay only the first N events after the training block")
-    d.add_argument("--checkpoint", help="serve this checkpoint instead of training one")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs for the demo model")
-    d.add_argument("--max-rate", type=float, help="replay at most N events per second")
+    d.add_argument("--dataset", default="foursquare-nyc", choices=("foursquare-nyc", "amazon-beauty"),
+                   help="the data set to train on and replay (default foursquare-nyc)")
+    d.add_argument("--limit", type=_count, help="replay only the first N events after the training block")
+    d.add_argument("--checkpoint", type=_readable,
+                   help="serve this checkpoint (file or train --out folder) instead of training the small demo model")
+    d.add_argument("--epochs", type=_count, default=None, help="training epochs for the demo model")
+    d.add_argument("--max-rate", type=_positive, help="replay at most N events per second")
     d.add_argument("--summary-json", help="also write the final summary as JSON here")
     d.add_argument("--quiet", action="store_true", help="no live view")
     d.add_argument("--no-trainer", action="store_true", help="serve the initial model only: no fine-tunes")
     d.add_argument("--drift", action="store_true",
                    help="rename every item (seeded permutation) from the middle of the replay on: a real shift "
                         "the run detects, fine-tunes on and recovers from (default --limit 10000 --max-rate 100)")
-    d.add_argument("--drift-at", type=int, help="start the shift at this replayed event (implies --drift)")
+    d.add_argument("--drift-at", type=_count, help="start the shift at this replayed event (implies --drift)")
     d.add_argument("--drift-seed", type=int, default=7, help="seed of the item permutation (default 7)")
-    d.add_argument("--linger", type=float, default=0.0,
+    d.add_argument("--linger", type=_nonnegative, default=0.0,
                    help="keep the worker and trainer serving (and /metrics scrapable) SECONDS after the replay")
     d.set_defaults(func=_cmd_demo)
 

@@ -8,6 +8,7 @@ restarting processes read the store.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from stream.messages import version_label
 from stream.settings import Settings
@@ -53,7 +54,9 @@ def models_command(settings: Settings, action: str, version: int | None = None, 
     if action == "list":
         versions = store.list()
         if not versions:
-            return f"no versions in {store.directory}"
+            runs = sorted((Path(store.directory).parent / "hailstream-runs").glob("demo-*/models"))
+            hint = f" (the latest demo's store: --model-dir {runs[-1]})" if runs else ""
+            return f"no versions in {store.directory}{hint}"
         return format_versions(versions, store.latest_promoted())
     if action == "promote":
         if version is None:

@@ -31,6 +31,22 @@ def load_split(dataset: str, data_dir: str | Path | None, limit: int | None = No
     return events, leave_last_out(events)
 
 
+#: How ``hailstream train`` splits the events (recorded in the checkpoint).
+SPLIT = "leave-last-out"
+
+
+def data_source(dataset: str) -> str:
+    """What a checkpoint records as its data set: a bundled name as is, a file as its absolute path."""
+    return dataset if dataset in ("foursquare-nyc", "amazon-beauty") else str(Path(dataset).resolve())
+
+
+def check_trainable(dataset: str, events: Interactions, split: SequenceSplit) -> None:
+    """Refuse data too small to train and validate on (instead of a run that reports nan)."""
+    if len(split.eval_users) == 0:
+        raise StreamError(f"{dataset!r} is too small to train on: {len(events)} events and no user with at least "
+                          "3 events (one for training, one for validation, one for test)")
+
+
 def baseline_metrics(split: SequenceSplit, events: Interactions, stage: Stage = "test") -> dict[str, dict[str, float]]:
     """Full-ranking metrics of every baseline that applies to this data set (learned in time order)."""
     out = {}
@@ -51,13 +67,22 @@ def train_command(
     train_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a named model on ``dataset`` and write its checkpoint and metrics to ``out``."""
-    _, split = load_split(dataset, data_dir, limit)
+    events, split = load_split(dataset, data_dir, limit)
+    check_trainable(dataset, events, split)
     config: HailConfig = preset(model, peers=peers, **(model_overrides or {}))
     tc = TrainConfig(**(train_overrides or {}))
-    start = time.perf_counter()
-    result = train(split, config, tc)
-    seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
+    source = data_source(dataset)
+    meta = {"dataset": source, "model": model, "limit": limit, "split": SPLIT}
+
+    def save_best(m: Any, epoch: int, row: dict[str, float]) -> None:
+        # the best model so far: an interrupted run leaves it
+        save_checkpoint(out / "model.safetensors", m, split.vocab,
+                        {**meta, "epoch": epoch, "valid_ndcg@10": row.get("valid_ndcg@10")})
+
+    start = time.perf_counter()
+    result = train(split, config, tc, on_best=save_best)
+    seconds = time.perf_counter() - start
     scorer = ModelScorer(result.model)
     metrics = {
         "model": model,
@@ -71,15 +96,28 @@ def train_command(
         "test": evaluate(scorer, split, "test"),
     }
     save_checkpoint(out / "model.safetensors", result.model, split.vocab,
-                    {"dataset": dataset, "model": model, "valid": metrics["valid"]})
+                    {**meta, "epoch": result.best_epoch, "valid": metrics["valid"]})
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
+def checkpoint_file(path: Path) -> Path:
+    """A checkpoint given as its file or as the folder ``hailstream train --out`` wrote."""
+    if path.is_dir():
+        inner = path / "model.safetensors"
+        if not inner.is_file():
+            raise StreamError(f"{path} is a folder without model.safetensors: pass the checkpoint file or the "
+                              "folder hailstream train --out wrote")
+        return inner
+    if not path.exists():
+        raise StreamError(f"file not found: {path}")
+    return path
+
+
 def evaluate_command(
     checkpoint: Path,
-    dataset: str,
+    dataset: str | None = None,
     stage: Stage = "test",
     data_dir: str | Path | None = None,
     limit: int | None = None,
@@ -90,7 +128,14 @@ def evaluate_command(
     The split's items are mapped through the checkpoint's own vocabulary, so a checkpoint trained on
     the same data set gives the same indices; items it does not know cannot be ranked and count as misses.
     """
+    checkpoint = checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint)
+    if dataset is None:
+        dataset = ckpt.meta.get("dataset")
+        if not dataset:
+            raise StreamError(f"{checkpoint} does not record its data set: pass --dataset")
+        if limit is None:
+            limit = ckpt.meta.get("limit")
     events, split = load_split(dataset, data_dir, limit)
     if split.vocab.to_list() != ckpt.vocab.to_list()[: len(split.vocab)]:
         raise StreamError(

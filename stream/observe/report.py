@@ -112,8 +112,25 @@ def _draw_marks(ax: Axes, drifts: Sequence[Mapping[str, Any]], versions: Sequenc
             ax.text(int(v["events"]), 0.98, f" \u2192 {v.get('new')}", transform=top, rotation=90, va="top", ha="left",
                     fontsize=8, color=VERSION_COLOUR)
     if legend and first_version:
-        ax.text(x0, 0.98, f" model {first_version}", transform=top, rotation=90, va="top", ha="left", fontsize=8,
+        label = f"v{first_version}" if str(first_version).isdigit() else first_version
+        ax.text(x0, 0.98, f" model {label}", transform=top, rotation=90, va="top", ha="left", fontsize=8,
                 color="dimgray")
+
+
+def _draw_lifecycle(ax: Axes, injected: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]],
+                    legend: bool) -> None:
+    """Where the demo injected drift (thick black dash-dot) and the fine-tunes the gate rejected
+    (red crosses at the top, labelled)."""
+    for i, r in enumerate(injected):
+        ax.axvline(int(r["events"]), color="black", linestyle="-.", linewidth=2.0, zorder=2,
+                   label="drift injected" if legend and i == 0 else None)
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for i, r in enumerate(rejected):
+        ax.plot([int(r["events"])], [0.93], marker="x", markersize=9, color="tab:red", transform=top, zorder=3,
+                linestyle="none", label="fine-tune not promoted" if legend and i == 0 else None)
+        if legend:
+            ax.text(int(r["events"]), 0.88, f" {r.get('outcome')}", transform=top, fontsize=7, color="tab:red",
+                    va="top", ha="center", rotation=90)
 
 
 def plot_timeline(records: Sequence[Mapping[str, Any]], out_path: Path | str, title: str | None = None) -> dict[str, Any]:
@@ -132,6 +149,9 @@ def plot_timeline(records: Sequence[Mapping[str, Any]], out_path: Path | str, ti
             "(one point per --timeline-every events, 200 by default, and one at shutdown)"
         )
     drifts = [r for r in records if r.get("kind") == "drift"]
+    injected = [r for r in records if r.get("kind") == "injected"]
+    rejected = [r for r in records if r.get("kind") == "finetune" and r.get("outcome") != "promoted"]
+    window = max((int(p.get("window", {}).get(MODEL_SCORER, {}).get("n", 0)) for p in points), default=0)
     versions = sorted((r for r in records if r.get("kind") == "version"), key=lambda r: int(r["events"]))
     k = int(points[-1].get("k", 10))
     scorers = _scorers(points)
@@ -139,8 +159,11 @@ def plot_timeline(records: Sequence[Mapping[str, Any]], out_path: Path | str, ti
     hr_ax, ndcg_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.2))
     top = _draw_scorers(hr_ax, points, scorers, f"hr@{k}")
     _draw_marks(hr_ax, drifts, versions, points[0].get("version"), int(points[0]["events"]), legend=True)
+    _draw_lifecycle(hr_ax, injected, rejected, legend=True)
+    _draw_lifecycle(ndcg_ax, injected, rejected, legend=False)
     hr_ax.set_ylim(0, max(0.05, top * 1.2))
-    hr_ax.set_ylabel(f"windowed HR@{k}")
+    per = f" (last {window:,} events)" if window else ""
+    hr_ax.set_ylabel(f"windowed HR@{k}{per}")
     hr_ax.grid(alpha=0.3)
     hr_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     hr_ax.set_title(title or "hailstream run: prequential accuracy, drift and model versions")
@@ -158,7 +181,8 @@ def plot_timeline(records: Sequence[Mapping[str, Any]], out_path: Path | str, ti
         raise StreamError(f"cannot write the report {out}: {e}; pass a writable --out") from e
     last = max(int(r.get("events", 0)) for r in records)
     return {"points": len(points), "drifts": len(drifts), "versions": len(versions), "scorers": scorers,
-            "events": last, "k": k, "out": str(out)}
+            "events": last, "k": k, "out": str(out), "window": window, "injected": len(injected),
+            "rejected": len(rejected)}
 
 
 def report_command(run: Path | str, out: Path | str | None = None, title: str | None = None) -> str:

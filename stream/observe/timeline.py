@@ -16,6 +16,10 @@ line, which :func:`read_timeline` skips. Three kinds of record, each with ``t`` 
 - ``version``, when the served model version changes (hot swap): ``old``, ``new`` and, when known,
   ``reason``; ``events`` is the count before the first batch the new version served.
 
+Two more kinds are appended by ``hailstream demo`` after its worker stopped: ``injected`` (where the
+demo's ``--drift`` renamed the items) and ``finetune`` (a fine-tune that was not promoted:
+``outcome``, ``version``, ``events`` estimated from its end time).
+
 >>> import tempfile
 >>> from stream.worker.prequential import Prequential
 >>> path = Path(tempfile.mkdtemp()) / "timeline.jsonl"
@@ -51,7 +55,7 @@ TIMELINE_FILE = "timeline.jsonl"
 """The timeline's file name inside a run directory (what ``hailstream report RUN`` looks for)."""
 DEFAULT_EVERY = 200
 """Events between two ``point`` records."""
-KINDS = ("point", "drift", "version")
+KINDS = ("point", "drift", "version", "injected", "finetune")
 DECIMALS = 6
 
 

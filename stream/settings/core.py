@@ -73,6 +73,11 @@ class _EnvSource(PydanticBaseSettingsSource):
         return out
 
 
+#: The project folder (beside ../shared/data): the same model home whichever folder a command runs in.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_DIR = PROJECT_DIR / "hailstream-models"
+
+
 class Settings(BaseSettings):
     """Every knob of a hailstream process. Frozen: derive variants with :meth:`replace`."""
 
@@ -89,7 +94,8 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(50, description="items kept per user sequence")
     max_message_bytes: int = Field(65536, description="larger input messages are dead letters")
     metrics_bind: str = Field("127.0.0.1", description="address of the /metrics servers")
-    model_dir: Path = Field(Path("./hailstream-models"), description="the versioned model store")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="the one home of models: the versioned model store, "
+                            "the demo's cached model (demo/); demo runs go to hailstream-runs/ beside it")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="folder holding foursquare_nyc/ and amazon_beauty/")
     security_protocol: str = Field("PLAINTEXT", description=" | ".join(SECURITY_PROTOCOLS))
     sasl_mechanism: str | None = Field(None, description=" | ".join(SASL_MECHANISMS))

@@ -30,7 +30,8 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
     proc = subprocess.run(
         [*hailstream_argv(), "demo", "--limit", "600", "--checkpoint", str(ckpt),
-         "--summary-json", str(summary_path), "--metrics-port", "0", "--trainer-metrics-port", "0"],
+         "--summary-json", str(summary_path), "--metrics-port", "0", "--trainer-metrics-port", "0",
+         "--model-dir", str(tmp_path / "hailstream-models")],  # the model home: runs land beside it
         cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -42,15 +43,17 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert {"hail", "popularity", "markov", "user-frequency"} <= set(summary["prequential"])
     hail = summary["prequential"]["hail"]
     assert hail["n"] + hail["cold"] == 600 and 0.0 <= hail["hr@10"] <= 1.0
-    assert "HR@10" in proc.stdout and "model versions served: 1" in proc.stdout
+    assert "HR@10" in proc.stdout and "model versions served: v1" in proc.stdout
     # the trainer ran beside the worker: its counts are the trainer's own (a fine-tune every 500
     # events: the one at event 500 ends before the demo does), each promotion was served
     run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == tmp_path / "hailstream-runs"
     trainer = json.loads((run_dir / "trainer.json").read_text())
     assert summary["finetunes"] == trainer["fine_tunes"] >= 1
     assert (summary["promotions"], summary["rejections"], summary["failed_finetunes"]) == (
         trainer["outcomes"]["promoted"], trainer["outcomes"]["rejected"], trainer["outcomes"]["failed"])
-    assert summary["model_versions_served"][0] == "1"
+    assert summary["model_versions_served"][0] == "v1"  # one label style: v1, v2, ...
+    assert summary["accuracy_by_version"][0]["version"] == "v1"
     assert len(summary["model_versions_served"]) == 1 + summary["promotions"] == 1 + summary["swaps"]
     assert set(summary["metrics_urls"]) == {"worker", "trainer"}
     assert all(url.startswith("http://127.0.0.1:") for url in summary["metrics_urls"].values())

@@ -217,3 +217,13 @@ def test_copy_output_learns_the_users_own_transitions() -> None:
     cfg = replace(TINY, n_peers=1, distill="none", history="copy", max_len=12)
     result = train(split, cfg, TrainConfig(epochs=15, batch_size=8, lr=1e-2, patience=15, threads=1, progress=False))
     assert evaluate(ModelScorer(result.model), split, "test", ks=(1,))["hr@1"] > 0.9
+
+
+def test_on_best_sees_each_new_best_so_an_interrupted_run_can_leave_one() -> None:
+    split = _successor_split()
+    seen: list[tuple[int, float, bool]] = []
+    tc = TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=6, threads=1, progress=False)
+    result = train(split, TINY, tc, on_best=lambda m, epoch, row: seen.append((epoch, row["valid_ndcg@10"], m.training)))
+    assert seen and [e for e, _, _ in seen] == sorted({e for e, _, _ in seen})
+    assert [s for _, s, _ in seen] == sorted(s for _, s, _ in seen)  # each call is a new best
+    assert seen[-1][0] == result.best_epoch and not any(training for _, _, training in seen)

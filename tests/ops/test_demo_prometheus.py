@@ -99,7 +99,7 @@ def test_every_dashboard_query_returns_data_from_a_real_demo(
     cmd = [*hailstream_argv(), "demo", "--drift", "--drift-at", str(DRIFT_AT), "--limit", str(LIMIT),
            "--max-rate", str(RATE), "--checkpoint", str(tiny_checkpoint), "--bootstrap-servers", broker,
            "--metrics-port", str(wport), "--trainer-metrics-port", str(tport), "--linger", str(LINGER),
-           "--summary-json", str(summary_path), "--quiet",
+           "--summary-json", str(summary_path), "--quiet", "--model-dir", str(tmp_path / "hailstream-models"),
            # the gate promotes every candidate, so the run always has a version change to show
            "--trainer-tolerance", "1"]
     log = tmp_path / "demo.log"

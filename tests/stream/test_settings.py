@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from models.data import DEFAULT_DATA_DIR
 from stream.errors import SettingsError
 from stream.settings import Settings, TrainerSettings, WorkerSettings, env_name, settings_fields
+from stream.settings.core import DEFAULT_MODEL_DIR
 
 SASL = {
     "HAILSTREAM_SECURITY_PROTOCOL": "sasl_plaintext",
@@ -27,7 +28,7 @@ def test_defaults_match_the_shared_interface() -> None:
     assert s.worker.batch_timeout == 0.05 and s.max_message_bytes == 65536
     assert (s.worker.web_bind, s.worker.web_port, s.metrics_bind, s.worker.metrics_port) == ("127.0.0.1", 6066, "127.0.0.1", 9464)
     assert s.trainer == TrainerSettings() and s.trainer.metrics_port == 9465 and s.worker == WorkerSettings()
-    assert s.data_dir == DEFAULT_DATA_DIR and s.model_dir == Path("./hailstream-models")
+    assert s.data_dir == DEFAULT_DATA_DIR and s.model_dir == DEFAULT_MODEL_DIR and s.model_dir.is_absolute()  # one home, whatever the folder
     assert s.security_protocol == "PLAINTEXT" and s.log_level == "INFO"
 
 

@@ -93,7 +93,7 @@ def test_summary_counts_come_from_the_processes() -> None:
     s = summarize(WORKER, TRAINER, ["1", "v5"], TIMELINE, {"wall_seconds": 70.0, "drift": drift_report(
         2000, TIMELINE, TRAINER)})
     assert (s["finetunes"], s["promotions"], s["rejections"], s["failed_finetunes"]) == (4, 3, 1, 0)
-    assert s["model_versions_served"] == ["1", "v3", "v4", "v5"]
+    assert s["model_versions_served"] == ["v1", "v3", "v4", "v5"]  # one label style
     assert s["drift_detections"] == 3 and s["swaps"] == 3 and s["dead_letter_reasons"] == {"bad_json": 3}
     assert s["finetune_seconds"] == [5.0, 7.0, 6.0, 8.0]
     text = format_summary(s)
@@ -115,7 +115,7 @@ def test_run_view_reports_each_piece_of_news_once() -> None:
     assert [n.split(":")[0] for n in news] == ["fine-tune 1 (drift)", "fine-tune 2 (drift)", "fine-tune 3 (events)",
                                               "fine-tune 4 (drift)", "worker"]
     assert view.update(WORKER, TRAINER) == []  # nothing new
-    assert view.versions == ["1", "v5"] and set(view.urls) == {"worker", "trainer"}
+    assert view.versions == ["v1", "v5"] and set(view.urls) == {"worker", "trainer"}
     line = live_line(WORKER, _trainer(running=True), 5000, 99.0)
     assert "HAIL 0.200 user-frequency 0.450" in line and "model v5" in line
     assert "fine-tunes 4 (3 promoted, 1 rejected) [fine-tuning]" in line

@@ -64,7 +64,7 @@ def test_report_writes_a_png_with_the_model_line_and_the_marks(tmp_path: Path, c
     assert _share_of_colour(img, "tab:green") > 0.0002  # the version change
     summary = plot_timeline(read_timeline(run / TIMELINE_FILE), tmp_path / "again.png")
     assert summary == {"points": 20, "drifts": 3, "versions": 1, "scorers": list(SCORERS), "events": 4000,
-                       "k": 10, "out": str(tmp_path / "again.png")}
+                       "k": 10, "out": str(tmp_path / "again.png"), "window": 100, "injected": 0, "rejected": 0}
     assert len(records) == 24
 
 
@@ -96,3 +96,19 @@ def test_errors_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(StreamError, match="no accuracy points"):
         plot_timeline([drift], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_report_marks_the_window_the_injected_drift_and_rejected_fine_tunes(tmp_path: Path) -> None:
+    """What the demo appends after its run (stream.cli.demo.lifecycle_marks) is drawn: a black
+    dash-dot line where drift was injected, red crosses for fine-tunes not promoted; the axis says
+    the window size."""
+    records = _timeline(tmp_path) + [{"kind": "injected", "events": 2000},
+                                     {"kind": "finetune", "outcome": "rejected", "version": None, "events": 2600}]
+    out = tmp_path / "marks.png"
+    summary = plot_timeline(records, out)
+    assert (summary["window"], summary["injected"], summary["rejected"]) == (100, 1, 1)
+    plain = tmp_path / "plain.png"
+    plot_timeline(_timeline(tmp_path), plain)
+    img, before = imread(out), imread(plain)
+    assert _share_of_colour(img, "tab:red") > _share_of_colour(before, "tab:red")
+    assert _share_of_colour(img, "black") > _share_of_colour(before, "black")
