@@ -97,6 +97,10 @@ def run_worker(
         settings, recommender, baselines=ws.baselines, baseline_sample_every=ws.baseline_sample_every,
         stats_path=ws.stats_file, metrics=metrics,
     )
+    from stream.kafka.topics import topic_epoch
+
+    runtime.epoch = topic_epoch(settings)
+    log.info("input topic epoch: %s", runtime.epoch or "unknown (offsets only)")
     if ws.timeline is not None:
         runtime.timeline = Timeline(ws.timeline, ws.timeline_every, version=recommender.version)
     if metrics is not None and runtime.swapper is not None:

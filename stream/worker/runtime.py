@@ -48,6 +48,8 @@ class WorkerRuntime:
     drift_published: int = 0
     #: the run's timeline file (None: not recorded); fed after every batch, in the batch thread
     timeline: Timeline | None = None
+    #: the input topic's epoch (:func:`stream.kafka.topics.topic_epoch`), refreshed by a timer
+    epoch: str | None = None
     _last_error: str = field(default="", repr=False)
 
     def snapshot(self) -> WorkerSnapshot:
