@@ -108,6 +108,7 @@ def build_runtime(
         guard = None
         if ws.guard_events > 0:
             guard = SwapGuard(ws.guard_events, ws.guard_min_events, ws.guard_tolerance, ws.guard_confidence)
-        runtime.swapper = HotSwapper(recommender, metrics, guard)
+        runtime.swapper = HotSwapper(recommender, metrics, guard, model_dir=settings.model_dir,
+                                     key=settings.signing_key())
         set_model(metrics, recommender.version, len(recommender.live.vocab))
     return runtime
