@@ -8,6 +8,7 @@ that says what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,7 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from stream.lifeline import stop_signals_raise
 
     # SIGTERM/SIGHUP (and a second Ctrl-C) unwind like Ctrl-C: every process the demo started is stopped.
-    with stop_signals_raise():
+    with stop_signals_raise((signal.SIGTERM, signal.SIGHUP, signal.SIGINT)):
         summary = _run_demo(run_demo, settings, args, chosen)
     return 0 if summary.get("complete", False) else 1
 

@@ -45,7 +45,7 @@ class WorkerSettings(BaseModel):
     peer: int | None = Field(None, description="serve one peer network instead of the ensemble")
     datadir: Path | None = Field(None, description="Faust data directory (default: a temporary directory)")
     max_users: int = Field(
-        1_000_000, description="per-user states kept in memory; the least recently updated beyond it are dropped "
+        200_000, description="per-user states kept in memory; the least recently updated beyond it are dropped "
         "(they start cold again); 0 = unbounded"
     )
     epoch_refresh: float = Field(5.0, description="seconds between two reads of the input topic's epoch (0 = at start only)")

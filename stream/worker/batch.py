@@ -260,7 +260,7 @@ def process_batch(
             try:
                 shadow = run.shadow_topk([p.items for p in pending], k)
             except Exception:
-                log.exception("shadow scoring with %s failed for a batch", run.previous.version)
+                _tracebacks.exception("shadow", "shadow scoring with %s failed for a batch", run.previous.version)
         if shadow is None:  # these users' next events cannot be paired
             for p in pending:
                 run.shadow.pop(p.user, None)
@@ -336,7 +336,8 @@ def _recommend(
         version, answers = recommender.recommend_batch_versioned(histories, k)
         return version, list(answers)
     except Exception:
-        log.exception("batched inference failed for %d events; retrying them one by one", len(histories))
+        _tracebacks.exception("batch_inference", "batched inference failed for %d events; retrying them one by one",
+                              len(histories))
     version = recommender.version
     out: list[Ranked | None] = []
     for h in histories:

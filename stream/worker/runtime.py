@@ -89,7 +89,8 @@ def build_runtime(
     """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
     has no cold-start fallback, the baselines' recent popularity becomes it. With ``metrics``, the
     batches are observed (metrics, drift detection) and announced versions are hot-swapped in."""
-    online = OnlineBaselines(popularity_window, sample_every=baseline_sample_every) if baselines else None
+    online = (OnlineBaselines(popularity_window, sample_every=baseline_sample_every,
+                              max_users=settings.worker.max_users) if baselines else None)
     if online is not None and recommender.fallback is None:
         recommender.fallback = online.popular
     preq = new_prequential(settings.top_k, online, prequential_window)
