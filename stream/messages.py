@@ -31,10 +31,12 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,12 +92,39 @@ class ModelAnnouncement:
     metrics: dict[str, Any] = field(default_factory=dict)
     reason: str = "promoted"
     announced_at: float | None = None
+    #: HMAC-SHA256 (hex) of the other fields with the model-updates key (:func:`sign_announcement`)
+    sig: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
+        d = {"type": self.type, **asdict(self)}
+        if d["sig"] is None:
+            del d["sig"]
+        return d
 
     def to_json(self) -> bytes:
         return _dump(self.to_dict())
+
+    def signed(self, key: bytes | None) -> ModelAnnouncement:
+        """This announcement signed with ``key`` (unchanged when None)."""
+        return self if key is None else replace(self, sig=sign_announcement(self, key))
+
+    def verify(self, key: bytes) -> bool:
+        """Whether ``sig`` is this announcement's signature with ``key`` (constant-time compare).
+
+        >>> m = ModelAnnouncement("v2", 2, "/m/v2.safetensors", "ab").signed(b"k")
+        >>> m.verify(b"k"), m.verify(b"other"), replace(m, checkpoint="/tmp/x").verify(b"k")
+        (True, False, False)
+        """
+        return self.sig is not None and hmac.compare_digest(self.sig, sign_announcement(self, key))
+
+
+def sign_announcement(msg: ModelAnnouncement, key: bytes) -> str:
+    """HMAC-SHA256 (hex) over the canonical JSON (sorted keys, compact) of every field but ``sig``:
+    a writer of the model-updates topic without the key cannot make workers serve a checkpoint.
+    The sha256 inside the checkpoint proves integrity only; this proves origin."""
+    body = {"type": msg.type, **asdict(msg)}
+    body.pop("sig", None)
+    return hmac.new(key, _dump(body), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -164,12 +193,14 @@ def model_message(
     metrics: dict[str, Any] | None = None,
     reason: str = "promoted",
     now: float | None = None,
+    key: bytes | None = None,
 ) -> bytes:
-    """Announce that ``version`` (checkpoint at ``checkpoint``) is the one to serve."""
+    """Announce that ``version`` (checkpoint at ``checkpoint``) is the one to serve; signed with
+    ``key`` when given (``Settings.signing_key()``)."""
     return ModelAnnouncement(
         version, int(number), str(Path(checkpoint).resolve()), sha256, parent, metrics or {}, reason,
         time.time() if now is None else now,
-    ).to_json()
+    ).signed(key).to_json()
 
 
 def drift_message(
@@ -212,7 +243,7 @@ def parse_control(raw: bytes | None) -> ControlMessage | None:
             return ModelAnnouncement(
                 msg["version"], int(msg.get("number") or version_number(msg["version"])), msg["checkpoint"],
                 msg.get("sha256"), msg.get("parent"), dict(msg.get("metrics") or {}), str(msg.get("reason") or ""),
-                msg.get("announced_at"),
+                msg.get("announced_at"), msg["sig"] if isinstance(msg.get("sig"), str) else None,
             )
         if msg["type"] == ROLLBACK:
             if not isinstance(msg.get("version"), str):

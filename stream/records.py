@@ -30,7 +30,9 @@ from typing import Any
 from stream.errors import StreamError
 
 #: Every reason code :class:`InvalidEvent` can carry (a bounded set: safe as a metric label).
-REASONS = ("oversized", "bad_json", "not_object", "missing_field", "wrong_type", "bad_value")
+REASONS = ("oversized", "bad_json", "not_object", "missing_field", "wrong_type", "bad_value", "bad_ts",
+           "key_mismatch", "duplicate_event")
+DEFAULT_MAX_ID_CHARS = 256
 #: The worker's own failure code (a bug or a corrupt table value, never the sender's fault).
 INTERNAL_ERROR = "internal_error"
 #: Raw bytes kept in a dead letter.
@@ -91,7 +93,7 @@ class Interaction:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _opt_id(obj: dict[str, Any], name: str) -> str | None:
+def _opt_id(obj: dict[str, Any], name: str, max_chars: int = DEFAULT_MAX_ID_CHARS) -> str | None:
     v = obj.get(name)
     if v is None:
         return None
@@ -99,14 +101,21 @@ def _opt_id(obj: dict[str, Any], name: str) -> str | None:
     if t is str:
         if not v.strip():
             raise InvalidEvent("bad_value", f"{name!r} is empty")
+        if len(v) > max_chars:
+            raise InvalidEvent("bad_value", f"{name!r} has {len(v)} characters > max_id_chars={max_chars}")
+        if not v.isascii():
+            try:  # a JSON escape such as "\udfff" decodes to a lone surrogate, which no output can encode
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidEvent("bad_value", f"{name!r} is not encodable as UTF-8 (a lone surrogate escape)") from None
         return v
     if t is int:  # exact type check: bools are ints in Python but never valid ids
         return str(v)
     raise InvalidEvent("wrong_type", f"{name!r} must be a string or an integer, got {t.__name__}")
 
 
-def _id(obj: dict[str, Any], name: str) -> str:
-    v = _opt_id(obj, name)
+def _id(obj: dict[str, Any], name: str, max_chars: int = DEFAULT_MAX_ID_CHARS) -> str:
+    v = _opt_id(obj, name, max_chars)
     if v is None:
         raise InvalidEvent("missing_field", f"{name!r} is required")
     return v
@@ -128,7 +137,12 @@ def _coord(obj: dict[str, Any], name: str, limit: float) -> float | None:
     return f
 
 
-def parse_interaction(raw: bytes | bytearray | memoryview | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Interaction:
+def parse_interaction(
+    raw: bytes | bytearray | memoryview | None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+    ts_window: tuple[float, float] | None = None,
+) -> Interaction:
     """Validate one raw message into an :class:`Interaction` or raise :class:`InvalidEvent`.
 
     Accepted: a JSON object with ``user_id`` and ``item_id`` (strings, or integers, which are
@@ -139,7 +153,18 @@ def parse_interaction(raw: bytes | bytearray | memoryview | None, max_bytes: int
 
     Reason codes: ``oversized`` (more than ``max_bytes``), ``bad_json`` (empty, not UTF-8, not
     JSON), ``not_object``, ``missing_field``, ``wrong_type``, ``bad_value`` (empty id, NaN/inf ts,
-    coordinate out of range, lat without lon).
+    coordinate out of range, lat without lon, an id longer than ``max_id_chars`` or not encodable
+    as UTF-8), ``bad_ts`` (``ts`` outside ``ts_window`` = (earliest, latest), when given).
+    The worker adds ``key_mismatch`` and ``duplicate_event`` (:mod:`stream.worker.batch`).
+
+    >>> parse_interaction(b'{"user_id": "u", "item_id": "\\udfff", "ts": 1}')
+    Traceback (most recent call last):
+    ...
+    stream.records.InvalidEvent: bad_value: 'item_id' is not encodable as UTF-8 (a lone surrogate escape)
+    >>> parse_interaction(b'{"user_id": "u", "item_id": "i", "ts": 1e30}', ts_window=(0, 2e9)).ts
+    Traceback (most recent call last):
+    ...
+    stream.records.InvalidEvent: bad_ts: 'ts'=1e+30 is outside [0, 2e+09] (min_event_ts, now + max_event_ts_ahead)
     """
     if raw is None or len(raw) == 0:
         raise InvalidEvent("bad_json", "empty message (no value)")
@@ -159,8 +184,8 @@ def parse_interaction(raw: bytes | bytearray | memoryview | None, max_bytes: int
     if type(obj) is not dict:
         raise InvalidEvent("not_object", f"expected a JSON object, got {type(obj).__name__}")
 
-    user_id = _id(obj, "user_id")
-    item_id = _id(obj, "item_id")
+    user_id = _id(obj, "user_id", max_id_chars)
+    item_id = _id(obj, "item_id", max_id_chars)
     ts = obj.get("ts")
     if ts is None:
         raise InvalidEvent("missing_field", "'ts' is required (unix seconds)")
@@ -173,15 +198,29 @@ def parse_interaction(raw: bytes | bytearray | memoryview | None, max_bytes: int
         raise InvalidEvent("bad_value", "'ts' is out of range") from None
     if not _isfinite(ts):
         raise InvalidEvent("bad_value", f"'ts' must be finite, got {ts!r}")
-    event_id = _opt_id(obj, "event_id")
+    if ts_window is not None and not ts_window[0] <= ts <= ts_window[1]:
+        raise InvalidEvent("bad_ts", f"'ts'={ts:g} is outside [{ts_window[0]:g}, {ts_window[1]:g}] "
+                                     "(min_event_ts, now + max_event_ts_ahead)")
+    event_id = _opt_id(obj, "event_id", max_id_chars)
     lat = _coord(obj, "lat", 90.0)
     lon = _coord(obj, "lon", 180.0)
     if (lat is None) != (lon is None):
         raise InvalidEvent("bad_value", "'lat' and 'lon' must be given together")
     kind = obj.get("kind")
-    if kind is not None and type(kind) is not str:
-        raise InvalidEvent("wrong_type", f"'kind' must be a string, got {type(kind).__name__}")
+    if kind is not None:
+        if type(kind) is not str:
+            raise InvalidEvent("wrong_type", f"'kind' must be a string, got {type(kind).__name__}")
+        if len(kind) > max_id_chars or (not kind.isascii() and not _encodable(kind)):
+            raise InvalidEvent("bad_value", "'kind' is too long or not encodable as UTF-8")
     return Interaction(user_id, item_id, ts, event_id, lat, lon, kind)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True, frozen=True)

@@ -59,6 +59,8 @@ class WorkerSnapshot(_Snapshot):
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     duplicates_skipped: int = 0
+    position_resets: int = 0
+    users_evicted: int = 0
     cold: int = 0
     batches: int = 0
     model_version: str = ""

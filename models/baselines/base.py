@@ -178,6 +178,11 @@ class Baseline:
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         """Subclass hook, called before the shared counts and the user's last item are updated."""
 
+    def forget(self, user: Hashable) -> None:
+        """Drop everything kept about ``user`` (a bounded online state evicts its least recent
+        users); the item statistics stay. Subclasses with per-user state extend it."""
+        self._last.pop(user, None)
+
     def fit_events(self: B, pairs: Iterable[tuple[Hashable, int]]) -> B:
         """Learn ``(user, item)`` pairs in order, on top of the current state; returns self."""
         for user, item in pairs:

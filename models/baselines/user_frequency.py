@@ -21,6 +21,10 @@ class UserFrequency(Baseline):
         self._step = 0
         self._user_items: dict[Hashable, dict[int, list[int]]] = {}  # item -> [count, last step]
 
+    def forget(self, user: Hashable) -> None:
+        super().forget(user)
+        self._user_items.pop(user, None)
+
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         self._step += 1
         stats = self._user_items.setdefault(user, {}).setdefault(item, [0, 0])

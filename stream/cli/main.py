@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -169,7 +170,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # the demo's trainer sizing
     now, defaults = settings.flat(), Settings().flat()
     chosen = {n for n in settings_fields() if getattr(args, n, None) is not None or now[n] != defaults[n]}
-    summary = run_demo(
+    from stream.lifeline import stop_signals_raise
+
+    # SIGTERM/SIGHUP (and a second Ctrl-C) unwind like Ctrl-C: every process the demo started is stopped.
+    with stop_signals_raise((signal.SIGTERM, signal.SIGHUP, signal.SIGINT)):
+        summary = _run_demo(run_demo, settings, args, chosen)
+    return 0 if summary.get("complete", False) else 1
+
+
+def _run_demo(run_demo: Any, settings: Settings, args: argparse.Namespace, chosen: set[str]) -> dict[str, Any]:
+    return run_demo(
         settings,
         dataset=args.dataset,
         limit=args.limit,
@@ -186,7 +196,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         linger=args.linger,
         chosen=chosen,
     )
-    return 0 if summary.get("complete", False) else 1
 
 
 def _cmd_trainer(args: argparse.Namespace) -> int:

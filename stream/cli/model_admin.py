@@ -38,7 +38,7 @@ def announce_version(settings: Settings, store: ModelStore, info: VersionInfo, r
     from stream.messages import CONTROL_KEY, model_message
 
     value = model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,
-                          info.parent, info.metrics, reason)
+                          info.parent, info.metrics, reason, key=settings.signing_key())
     producer = make_producer(settings, linger_ms=0)
     try:
         producer.send(settings.model_updates_topic, key=CONTROL_KEY, value=value).get(timeout=30)

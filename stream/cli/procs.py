@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from stream.lifeline import PARENT_ENV
 from stream.settings import Settings
 
 STOP_GRACE = 15.0
@@ -30,10 +31,11 @@ STOP_GRACE = 15.0
 
 def child_env(settings: Settings) -> dict[str, str]:
     """This process's environment without any ``HAILSTREAM_*`` variable, plus ``settings``
-    (:meth:`Settings.to_env`) and unbuffered output."""
+    (:meth:`Settings.to_env`), unbuffered output and this pid as the child's parent to watch."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAILSTREAM_")}
     env.update(settings.to_env())
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_ENV] = str(os.getpid())  # the child stops when we die (stream.lifeline.watch_parent)
     return env
 
 

@@ -67,6 +67,24 @@ def admin_client(settings: Settings) -> Iterator[Any]:
             admin.close()
 
 
+def topic_epoch(settings: Settings, topic: str | None = None) -> str | None:
+    """What identifies this incarnation of ``topic`` (default: the interactions topic): the
+    broker's cluster id and the topic's id (a UUID the broker gives each created topic), or None
+    when the broker does not say (then the worker compares offsets only). A new broker or a
+    recreated topic has another epoch: stored positions of the old one no longer mean anything."""
+    name = topic or settings.interactions_topic
+    try:
+        with admin_client(settings) as admin:
+            cluster = admin.describe_cluster().get("cluster_id")
+            described = admin.describe_topics([name])
+    except Exception:  # an unreachable broker: the caller keeps the epoch it has
+        return None
+    topic_id = next((d.get("topic_id") for d in described if d.get("name") == name and not d.get("error_code")), None)
+    if not topic_id or str(topic_id).strip("0-") == "":  # the all-zero id: no topic ids on this broker
+        return None
+    return f"{cluster}/{topic_id}"
+
+
 def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
     """Existing topics among ``names`` -> their partition count (missing topics are left out)."""
     names = list(names)

@@ -88,6 +88,7 @@ def observe_batch(
     predictions: int = 0,
     duplicates: int = 0,
     cold: int = 0,
+    resets: int = 0,
     dead_letters: Mapping[str, int] | None = None,
     latencies: Iterable[float] = (),
     seconds: float | None = None,
@@ -106,6 +107,8 @@ def observe_batch(
         metrics.duplicates_skipped.inc(duplicates)
     if cold:
         metrics.cold_events.inc(cold)
+    if resets:
+        metrics.position_resets.inc(resets)
     for reason, n in (dead_letters or {}).items():
         if n:
             metrics.dead_letters.labels(reason=reason).inc(n)
@@ -126,6 +129,7 @@ def observe_batch_stats(metrics: Metrics, stats: BatchStatsLike, seconds: float 
         predictions=stats.predictions,
         duplicates=stats.duplicates,
         cold=stats.cold,
+        resets=getattr(stats, "resets", 0),
         dead_letters=stats.dead_letters,
         latencies=stats.latencies,
         seconds=seconds,

@@ -48,6 +48,8 @@ FINETUNE_OUTCOMES = ("promoted", "rejected", "failed")
 TRIGGER_REASONS = ("schedule", "events", "drift", "manual")
 #: why a served version was rolled back: the worker's post-swap guard (stream.worker.guard)
 ROLLBACK_REASONS = ("guard",)
+#: why a worker refused an announced model (stream.worker.hotswap)
+REFUSAL_REASONS = ("unsigned", "bad_signature", "outside_store", "bad_checkpoint")
 #: Detector names of :class:`stream.observe.drift.DriftMonitor` with default names.
 DRIFT_DETECTORS = ("accuracy", "input_unseen", "input_popularity")
 
@@ -102,6 +104,23 @@ class Metrics:
             "hailstream_duplicates_skipped_total",
             "Redelivered events already applied to the user's state (at-least-once replays), skipped.",
             registry=r,
+        )
+        self.position_resets = Counter(
+            "hailstream_position_resets_total",
+            "Events at or before a user's last applied position stored under another epoch of the input topic "
+            "(a new broker or a recreated topic): processed, not skipped.",
+            registry=r,
+        )
+        self.users_evicted = Counter(
+            "hailstream_states_evicted_total",
+            "States dropped from the worker's table by the max_users cap (least recently updated first).",
+            registry=r,
+        )
+        self.model_refusals = Counter(
+            "hailstream_model_refusals_total",
+            "Model announcements a worker refused to serve, by reason (unsigned, bad_signature, outside_store, "
+            "bad_checkpoint).",
+            ["reason"], registry=r,
         )
         self.cold_events = Counter(
             "hailstream_cold_events_total",
@@ -231,6 +250,8 @@ class Metrics:
             self.finetunes.labels(outcome=outcome)
         for reason in ROLLBACK_REASONS:
             self.rollbacks.labels(reason=reason)
+        for reason in REFUSAL_REASONS:
+            self.model_refusals.labels(reason=reason)
         for reason in TRIGGER_REASONS:
             self.finetune_triggers.labels(reason=reason)
         for det in DRIFT_DETECTORS:

@@ -28,6 +28,7 @@ password never appears in ``repr`` or :meth:`Settings.redacted`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -50,6 +51,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _HIDDEN = "***"
+#: Settings whose values are never printed (:meth:`Settings.redacted`, :mod:`stream.settings.redact`).
+SECRET_FIELDS = ("sasl_password", "model_updates_key")
 _SECTIONS: dict[str, type[BaseModel]] = {"worker": WorkerSettings, "trainer": TrainerSettings}
 #: The environment :meth:`Settings.from_env` is reading (None: a bare ``Settings(...)`` reads none).
 _ENV: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("hailstream_env", default=None)
@@ -93,6 +96,16 @@ class Settings(BaseSettings):
     top_k: int = Field(10, description="items per prediction")
     max_seq_len: int = Field(50, description="items kept per user sequence")
     max_message_bytes: int = Field(65536, description="larger input messages are dead letters")
+    max_id_chars: int = Field(256, description="longer user/item/event ids are dead letters (bad_value)")
+    min_event_ts: float = Field(0.0, description="events with ts (unix seconds) before this are dead letters")
+    max_event_ts_ahead: float = Field(
+        86400.0 * 366, description="events with ts more than this many seconds after now are dead letters"
+    )
+    model_updates_key: str | None = Field(
+        None, repr=False, description="HMAC-SHA256 key signing model announcements (never printed); "
+        "when set (or model_updates_key_file), workers refuse unsigned or wrongly signed ones"
+    )
+    model_updates_key_file: Path | None = Field(None, description="file holding the model_updates_key")
     metrics_bind: str = Field("127.0.0.1", description="address of the /metrics servers")
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="the one home of models: the versioned model store, "
                             "the demo's cached model (demo/); demo runs go to hailstream-runs/ beside it")
@@ -212,7 +225,7 @@ class Settings(BaseSettings):
             if name in _SECTIONS:
                 out[name] = {k: plain(x) for k, x in v.model_dump().items()}
             else:
-                out[name] = _HIDDEN if name == "sasl_password" and v is not None else plain(v)
+                out[name] = _HIDDEN if name in SECRET_FIELDS and v is not None else plain(v)
         return out
 
     def to_env(self) -> dict[str, str]:
@@ -320,12 +333,42 @@ class Settings(BaseSettings):
             username=self.sasl_username, password=self.sasl_password, ssl_context=ctx, mechanism=self.sasl_mechanism
         )
 
+    def signing_key(self) -> bytes | None:
+        """The model announcements' HMAC key: ``model_updates_key``, else the content of
+        ``model_updates_key_file`` (surrounding whitespace stripped), else None (unsigned)."""
+        if self.model_updates_key:
+            return self.model_updates_key.encode()
+        if self.model_updates_key_file is not None:
+            try:
+                key = self.model_updates_key_file.read_bytes().strip()
+            except OSError as e:
+                raise SettingsError(f"cannot read HAILSTREAM_MODEL_UPDATES_KEY_FILE: {e.strerror}") from None
+            if not key:
+                raise SettingsError("HAILSTREAM_MODEL_UPDATES_KEY_FILE is empty")
+            return key
+        return None
+
+    def secrets(self) -> list[str]:
+        """The secret values these settings hold (what log redaction must never let through)."""
+        out = [str(getattr(self, name)) for name in SECRET_FIELDS if getattr(self, name)]
+        if self.model_updates_key_file is not None:
+            with contextlib.suppress(SettingsError):
+                key = self.signing_key()
+                if key:
+                    out.append(key.decode(errors="replace"))
+        return out
+
     def configure_logging(self) -> None:
-        """Root logging at ``log_level`` with a timestamped format (idempotent)."""
+        """Root logging at ``log_level`` with a timestamped format (idempotent), every root handler
+        filtered by :class:`stream.settings.redact.RedactSecrets` (kafka-python and aiokafka dump
+        their configuration, SASL password included, at DEBUG)."""
+        from stream.settings.redact import install_redaction
+
         logging.basicConfig(
             level=getattr(logging, self.log_level),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        install_redaction(self.secrets())
 
 
 @cache
@@ -350,7 +393,7 @@ def _fail(name: str, message: str) -> SettingsError:
 def _validate(s: Settings) -> None:
     if not s.bootstrap_list:
         raise _fail("bootstrap_servers", "is empty; set it to host:port[,host:port...] of the Kafka brokers")
-    for name in ("partitions", "top_k", "max_seq_len", "max_message_bytes"):
+    for name in ("partitions", "top_k", "max_seq_len", "max_message_bytes", "max_id_chars"):
         if int(getattr(s, name)) < 1:
             raise _fail(name, f"must be >= 1, got {getattr(s, name)!r}")
     for name in s.topics + (s.app_id,):
@@ -370,5 +413,7 @@ def _validate(s: Settings) -> None:
             raise SettingsError(
                 f"{s.security_protocol} needs HAILSTREAM_SASL_USERNAME and HAILSTREAM_SASL_PASSWORD to be set"
             )
+    if not s.max_event_ts_ahead > 0:
+        raise _fail("max_event_ts_ahead", f"must be > 0 seconds, got {s.max_event_ts_ahead!r}")
     if s.ssl_keyfile is not None and s.ssl_certfile is None:
         raise SettingsError("HAILSTREAM_SSL_KEYFILE is set without HAILSTREAM_SSL_CERTFILE; set both or neither")

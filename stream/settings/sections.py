@@ -47,6 +47,11 @@ class WorkerSettings(BaseModel):
     )
     peer: int | None = Field(None, description="serve one peer network instead of the ensemble")
     datadir: Path | None = Field(None, description="Faust data directory (default: a temporary directory)")
+    max_users: int = Field(
+        200_000, description="per-user states kept in memory; the least recently updated beyond it are dropped "
+        "(they start cold again); 0 = unbounded"
+    )
+    epoch_refresh: float = Field(5.0, description="seconds between two reads of the input topic's epoch (0 = at start only)")
     web_bind: str = Field("127.0.0.1", description="Faust web server address (the server stays off)")
     web_port: int = Field(6066, description="Faust web server port")
     metrics_port: int = Field(9464, description="/metrics port on metrics_bind (0 = any free port)")
@@ -72,6 +77,8 @@ class WorkerSettings(BaseModel):
             raise SettingsError(
                 f"HAILSTREAM_BATCH_TIMEOUT (batch_timeout) must be a finite number of seconds >= 0, got {self.batch_timeout!r}"
             )
+        if self.max_users < 0 or not (math.isfinite(self.epoch_refresh) and self.epoch_refresh >= 0):
+            raise SettingsError("HAILSTREAM_MAX_USERS must be >= 0 (0 = unbounded) and HAILSTREAM_EPOCH_REFRESH >= 0")
         for name in ("web_port", "metrics_port"):
             if not 0 <= int(getattr(self, name)) <= 65535:
                 raise SettingsError(f"HAILSTREAM_{name.upper()} ({name}) must be a TCP port 0..65535, got {getattr(self, name)!r}")

@@ -31,10 +31,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from stream.errors import StreamError
+from stream.lifeline import arm_exit_deadline, stop_self, watch_parent
 from stream.observe.metrics import Metrics, MetricsServer, serve_metrics
 from stream.settings import Settings, TrainerSettings
 from stream.trainer.learner import Learner
@@ -90,8 +92,13 @@ def run_trainer(settings: Settings, *, serve: bool = True) -> TrainerRuntime:
         log.info("trainer metrics on %s", server.url)
     previous = {}
     if threading.current_thread() is threading.main_thread():
+        def stop(*_: Any) -> None:
+            arm_exit_deadline(before_exit=runtime.write_stats)  # bounded, even with the broker gone
+            runtime.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: runtime.stop())
+            previous[sig] = signal.signal(sig, stop)
+    watch_parent(lambda: stop_self(before_exit=runtime.write_stats))
     try:
         runtime.run()
     finally:

@@ -131,7 +131,8 @@ class TrainerRuntime:
             if self.metrics is not None:
                 set_model(self.metrics, info.label, len(ckpt.vocab), swapped=True)
             self._publish(model_message(info.label, info.version, store.checkpoint_path(info.version), info.sha256,
-                                        info.parent, info.metrics, reason="rollback"), info.label)
+                                        info.parent, info.metrics, reason="rollback",
+                                        key=self.settings.signing_key()), info.label)
 
     def _follow_store(self) -> None:
         """Make the store's live version the learner's (after an operator's promote/rollback)."""
@@ -241,7 +242,8 @@ class TrainerRuntime:
         assert out.version is not None and out.number is not None and out.checkpoint is not None
         metrics = {"candidate": out.candidate, "live": out.live, "trigger": out.reason,
                    "requested_at": out.requested_at, "seconds": out.seconds}
-        value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics)
+        value = model_message(out.version, out.number, out.checkpoint, out.sha256, out.parent_number, metrics,
+                              key=self.settings.signing_key())
         self._publish(value, out.version)
         if self.metrics is not None:
             set_model(self.metrics, out.version, len(self.learner.live.vocab), swapped=True)

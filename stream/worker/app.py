@@ -131,7 +131,7 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
     if runtime is None:
         return app
 
-    sink = FaustSink(app, table, runtime)
+    sink = FaustSink(app, table, runtime, settings.worker.max_users)
 
     @app.agent(interactions, name="hailstream-worker")
     async def hailstream_worker(stream: faust.StreamT) -> None:
@@ -163,6 +163,19 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                     if hw is not None:
                         lags[tp.partition] = max(0, hw - runtime.positions[tp.partition])
             monitor.observe_lag(lags)
+
+    if settings.worker.epoch_refresh > 0:
+
+        @app.timer(settings.worker.epoch_refresh)
+        async def refresh_epoch() -> None:
+            # A broker replaced under a running worker (or the topic recreated) starts a new epoch:
+            # the stored positions of the old one must stop suppressing events (stream.worker.batch).
+            from stream.kafka.topics import topic_epoch
+
+            epoch = await asyncio.get_running_loop().run_in_executor(None, topic_epoch, settings)
+            if epoch is not None and epoch != runtime.epoch:
+                log.warning("input topic epoch %s -> %s (a new broker or a recreated topic)", runtime.epoch, epoch)
+                runtime.epoch = epoch
 
     if runtime.stats_path is not None:
 

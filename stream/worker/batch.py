@@ -7,9 +7,21 @@ does all of it for a micro-batch, with ONE forward pass of the model, and return
 must send and store; :mod:`stream.worker.app` only moves bytes.
 
 The user state (one table value per user, JSON) is ``{"items": [last max_seq_len item ids],
-"pred": [top-k published after the last event] or None, "off": [partition, offset]}``: ``off`` is
-the source position of the last applied event, and events at or before it are skipped, which keeps
-the sequence exact when a crash makes the broker redeliver events already applied (BROKER.md).
+"pred": [top-k published after the last event] or None, "off": [partition, offset, epoch],
+"eids": [the user's last event ids]}``: ``off`` is the source position of the last applied event,
+and events at or before it are skipped, which keeps the sequence exact when a crash makes the
+broker redeliver events already applied (BROKER.md). ``epoch`` identifies the input topic (the
+broker's cluster id and the topic's id, :func:`stream.kafka.topics.topic_epoch`): a position
+stored under another epoch belongs to a topic that no longer exists (a new broker, a recreated
+topic), so the event is processed, not skipped (``stats.resets``). Every skipped event is counted
+(``stats.duplicates``, the ``hailstream_duplicates_skipped_total`` metric, ``duplicates_skipped``
+in the stats file) and so is every reset (``hailstream_position_resets_total``, ``position_resets``).
+
+Edge checks beyond :func:`stream.records.parse_interaction`: the message key must be the user id
+(``key_mismatch``; a null key too). The record is NOT re-keyed: its state would live on another
+partition than the user's other events, split between two owners after a rebalance. An event
+whose ``event_id`` is among the user's last :data:`RECENT_EVENT_IDS` is ``duplicate_event``. Both
+are dead letters, like every rejection.
 
 >>> from models.hail import HAIL, HailConfig
 >>> from models.vocab import ItemVocab
@@ -37,6 +49,7 @@ from stream.errors import StreamError
 from stream.records import INTERNAL_ERROR, InvalidEvent, Prediction, dead_letter, parse_interaction
 from stream.settings import Settings
 from stream.snapshots import MODEL_SCORER, SAMPLE_SUFFIX
+from stream.worker.edge import RateLimitedLog, Source, applied_check
 from stream.worker.guard import SwapGuard, Verdict
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
@@ -44,25 +57,11 @@ from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
 log = logging.getLogger(__name__)
 
 SCORE_DECIMALS = 6
+#: Event ids remembered per user to predict a re-sent event once.
+RECENT_EVENT_IDS = 16
 
 UserState = dict[str, Any]
 StateGetter = Callable[[str], "UserState | None"]
-
-
-class Source(NamedTuple):
-    """One input message as the agent got it. ``timestamp`` is the Kafka message time (unix
-    seconds), used only to measure event -> prediction latency."""
-
-    raw: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float | None = None
-
-    @classmethod
-    def of(cls, message: Any) -> Source:
-        """From a Kafka message (Faust's ``event.message``)."""
-        return cls(message.value, message.topic, message.partition, message.offset, message.timestamp)
 
 
 class Update(NamedTuple):
@@ -80,6 +79,8 @@ class BatchStats:
     valid: int = 0
     predictions: int = 0
     duplicates: int = 0
+    #: events whose stored position belonged to another epoch of the topic (processed, not skipped)
+    resets: int = 0
     cold: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
@@ -142,14 +143,19 @@ class _Everything:
         return True
 
 
+_tracebacks = RateLimitedLog(log)
+
+
 def _internal_error(src: Source, exc: BaseException) -> tuple[bytes | None, bytes]:
+    _tracebacks.exception(f"{INTERNAL_ERROR}:{type(exc).__name__}", "internal error on %s:%s:%s",
+                          src.topic, src.partition, src.offset)
     detail = f"{type(exc).__name__}: {exc}"
     return None, dead_letter(src.raw, INTERNAL_ERROR, detail, src.topic, src.partition, src.offset)
 
 
-def _already_applied(state: UserState | None, src: Source) -> bool:
-    off = state.get("off") if state else None
-    return bool(off) and int(off[0]) == src.partition and src.offset <= int(off[1])  # type: ignore[index]
+def _reject(stats: BatchStats, dead: list[tuple[bytes | None, bytes]], src: Source, reason: str, detail: str) -> None:
+    stats.dead_letters[reason] += 1
+    dead.append((None, dead_letter(src.raw, reason, detail, src.topic, src.partition, src.offset)))
 
 
 def process_batch(
@@ -161,6 +167,7 @@ def process_batch(
     settings: Settings,
     now: Callable[[], float] = time.time,
     guard: SwapGuard | None = None,
+    epoch: str | None = None,
 ) -> BatchResult:
     """Validate, score, update and predict a micro-batch; see the module docstring.
 
@@ -173,6 +180,8 @@ def process_batch(
     With a ``guard`` guarding a swap, the previous version's top-k is computed for every event
     the new version serves (one more forward pass, never published) and both are scored on the
     user's next event; :attr:`BatchResult.verdict` carries the guard's verdict when one is due.
+    ``epoch`` is the input topic's current epoch (see the module docstring), stored with each
+    applied position.
     """
     stats = BatchStats(events=len(batch))
     t0 = time.perf_counter()
@@ -185,22 +194,38 @@ def process_batch(
     k = settings.top_k
 
     # 1 + 3: validate and extend each user's sequence, in input order.
+    ts_window = (settings.min_event_ts, now() + settings.max_event_ts_ahead)
     for item in batch:
         src = item if isinstance(item, Source) else Source(*item)
         try:
-            ev = parse_interaction(src.raw, settings.max_message_bytes)
+            ev = parse_interaction(src.raw, settings.max_message_bytes, settings.max_id_chars, ts_window)
         except InvalidEvent as err:
-            stats.dead_letters[err.reason] += 1
-            dead.append((None, dead_letter(src.raw, err.reason, err.detail, src.topic, src.partition, src.offset)))
+            _reject(stats, dead, src, err.reason, err.detail)
             continue
         try:
             user = ev.user_id
+            if src.key is not None and src.key != user.encode():
+                _reject(stats, dead, src, "key_mismatch", "the message key is null" if not src.key else
+                        "the message key is not the user_id (produce with key = user_id)")
+                continue
             state = local.get(user)
             if state is None:
                 state = get_state(user)
-            if _already_applied(state, src):
+            check = applied_check(state, src, epoch)
+            if check == "applied":
                 stats.duplicates += 1
                 continue
+            # Event ids are unique within one epoch of the topic: a new topic is a new stream.
+            eids = list(state.get("eids") or ()) if state and check != "reset" else []
+            if check == "reset":
+                stats.resets += 1
+            if ev.event_id is not None:
+                if ev.event_id in eids:
+                    _reject(stats, dead, src, "duplicate_event",
+                            "this user's event_id was already predicted (a re-sent event)")
+                    continue
+                eids.append(ev.event_id)
+                del eids[:-RECENT_EVENT_IDS]
             items = list(state["items"]) if state else []
             items.append(ev.item_id)
             if len(items) > max_len:
@@ -208,6 +233,10 @@ def process_batch(
             prev_index = last_index.get(user)
             prev = None if prev_index is not None or not state else state.get("pred")
             new_state: UserState = {"items": items, "pred": None, "off": [src.partition, src.offset]}
+            if epoch is not None:
+                new_state["off"].append(epoch)
+            if eids:
+                new_state["eids"] = eids
             event_id = ev.event_id if ev.event_id is not None else f"{src.topic}:{src.partition}:{src.offset}"
             pending.append(
                 _Pending(src, user, ev.item_id, event_id, ev.ts, ev.lat, ev.lon, items, prev, prev_index, new_state)
@@ -215,7 +244,6 @@ def process_batch(
             local[user] = new_state
             last_index[user] = len(pending) - 1
         except Exception as exc:  # our bug or a corrupt table value: never kill the agent
-            log.exception("internal error on %s:%s:%s", src.topic, src.partition, src.offset)
             stats.dead_letters[INTERNAL_ERROR] += 1
             dead.append(_internal_error(src, exc))
 
@@ -232,7 +260,7 @@ def process_batch(
             try:
                 shadow = run.shadow_topk([p.items for p in pending], k)
             except Exception:
-                log.exception("shadow scoring with %s failed for a batch", run.previous.version)
+                _tracebacks.exception("shadow", "shadow scoring with %s failed for a batch", run.previous.version)
         if shadow is None:  # these users' next events cannot be paired
             for p in pending:
                 run.shadow.pop(p.user, None)
@@ -289,7 +317,6 @@ def process_batch(
                 run.shadow[p.user] = shadow[i]
                 run.served += 1
         except Exception as exc:
-            log.exception("internal error on %s:%s:%s", p.src.topic, p.src.partition, p.src.offset)
             stats.dead_letters[INTERNAL_ERROR] += 1
             dead.append(_internal_error(p.src, exc))
             # The interaction still happened: its item stays in the sequence, with no prediction.
@@ -309,7 +336,8 @@ def _recommend(
         version, answers = recommender.recommend_batch_versioned(histories, k)
         return version, list(answers)
     except Exception:
-        log.exception("batched inference failed for %d events; retrying them one by one", len(histories))
+        _tracebacks.exception("batch_inference", "batched inference failed for %d events; retrying them one by one",
+                              len(histories))
     version = recommender.version
     out: list[Ranked | None] = []
     for h in histories:

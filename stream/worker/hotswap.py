@@ -11,6 +11,13 @@ only the newest one is applied, and only when it is newer than the served versio
 
 :func:`newer_in_store` gives a (re)starting worker the store's live version when it is newer than
 the checkpoint it was started with.
+
+Trust (a writer of the model-updates topic is not trusted by default): with a ``model_dir``
+(the worker always passes ``settings.model_dir``) only a checkpoint inside that store is loaded,
+and when the store's manifest of that version records a sha256 the file must match it; with a
+``key`` (``settings.signing_key()``) an announcement must carry a valid HMAC-SHA256 signature
+(:meth:`stream.messages.ModelAnnouncement.verify`). Every refusal is logged, kept in
+``refusals`` by reason and counted in ``hailstream_model_refusals_total{reason}``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +65,18 @@ class HotSwapper:
     """Applies ``model`` messages to ``recommender``; see the module docstring."""
 
     def __init__(
-        self, recommender: OnlineRecommender, metrics: Metrics | None = None, guard: SwapGuard | None = None
+        self,
+        recommender: OnlineRecommender,
+        metrics: Metrics | None = None,
+        guard: SwapGuard | None = None,
+        *,
+        model_dir: str | Path | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.recommender = recommender
+        self.model_dir = Path(model_dir).resolve() if model_dir is not None else None
+        self.key = key
+        self.refusals: Counter[str] = Counter()
         self.metrics = metrics
         self.guard = guard
         self.swaps = 0
@@ -98,6 +115,15 @@ class HotSwapper:
             if version in self.refused:
                 log.warning("not serving announced model %s: it was rolled back", version)
                 return False
+            refusal = self._refusal(msg)
+            if refusal is not None:
+                reason, why = refusal
+                self.refusals[reason] += 1
+                if self.metrics is not None:
+                    self.metrics.model_refusals.labels(reason=reason).inc()
+                log.error("refused announced model %s (%s): %s; still serving %s", version, reason, why,
+                          self.recommender.version)
+                return False
             started = time.perf_counter()
             try:
                 ckpt = load_checkpoint(msg.checkpoint)
@@ -105,8 +131,15 @@ class HotSwapper:
                     raise CheckpointError(
                         f"{msg.checkpoint} is not the announced {version} (sha256 differs): it was replaced"
                     )
+                recorded = self._recorded_sha256(msg)
+                if recorded and ckpt.sha256 != recorded:
+                    raise CheckpointError(f"{msg.checkpoint} is not the store's version {msg.number} (sha256 differs)")
             except (CheckpointError, ModelStoreError, OSError) as e:
                 self.failures += 1
+                if self.model_dir is not None:
+                    self.refusals["bad_checkpoint"] += 1
+                    if self.metrics is not None:
+                        self.metrics.model_refusals.labels(reason="bad_checkpoint").inc()
                 log.error("cannot serve announced model %s: %s; still serving %s", version, e,
                           self.recommender.version)
                 return False
@@ -130,6 +163,32 @@ class HotSwapper:
             log.info("hot swap: %s -> %s (%s, loaded in %.2f s)", old.version, version, msg.reason or "?",
                      self.last_swap["load_seconds"])
             return True
+
+    def _refusal(self, msg: ModelAnnouncement) -> tuple[str, str] | None:
+        """(reason, why) when ``msg`` must not be loaded at all, else None."""
+        if self.key is not None:
+            if msg.sig is None:
+                return "unsigned", "announcements must be signed (HAILSTREAM_MODEL_UPDATES_KEY is set)"
+            if not msg.verify(self.key):
+                return "bad_signature", "the signature does not match (another key, or the message was altered)"
+        if self.model_dir is not None:
+            try:
+                inside = Path(msg.checkpoint).resolve().is_relative_to(self.model_dir)
+            except (OSError, ValueError):
+                inside = False
+            if not inside:
+                return "outside_store", f"the checkpoint is not inside the model store {self.model_dir}"
+        return None
+
+    def _recorded_sha256(self, msg: ModelAnnouncement) -> str | None:
+        """The sha256 the store's manifest records for the announced version (None: no store, no
+        manifest, or none recorded)."""
+        if self.model_dir is None:
+            return None
+        try:
+            return ModelStore(self.model_dir).get(int(msg.number)).sha256
+        except (ModelStoreError, OSError, ValueError):
+            return None
 
     def roll_back(self, verdict: Verdict, source: str = "") -> bytes | None:
         """Apply a guard verdict: for ``rollback``, serve the previous version again (when the

@@ -59,7 +59,7 @@ def handle_batch(
     swapper = runtime.swapper
     try:
         result = process_batch(batch, get_state, runtime.recommender, runtime.baselines, runtime.prequential, settings,
-                               guard=swapper.guard if swapper is not None else None)
+                               guard=swapper.guard if swapper is not None else None, epoch=runtime.epoch)
     except Exception as exc:  # process_batch isolates events; this is a last line of defence
         log.exception("a batch of %d events failed; dead-lettering it", len(batch))
         detail = f"{type(exc).__name__}: {exc}"
@@ -74,6 +74,8 @@ def handle_batch(
         notice = swapper.roll_back(result.verdict, source=source)
         if notice is not None:
             rollbacks.append(notice)
+    if result.stats.duplicates or result.stats.resets:
+        _explain_skips(result.stats.duplicates, result.stats.resets, runtime.epoch)
     found: list[Detection] = []
     if runtime.monitor is not None:
         try:
@@ -84,6 +86,23 @@ def handle_batch(
         record_timeline(runtime, result, found)
     signals = [drift_message(d.detector, d.at_event, d.value, d.baseline, source=source) for d in found]
     return BatchOutcome(result.updates, result.predictions, result.dead_letters, signals, rollbacks, found, result)
+
+
+_last_explained = [0.0]
+
+
+def _explain_skips(skipped: int, resets: int, epoch: str | None) -> None:
+    """One log line a minute at most: why events were skipped or re-processed."""
+    now = time.monotonic()
+    if now - _last_explained[0] < 60.0:
+        return
+    _last_explained[0] = now
+    if skipped:
+        log.info("skipped %d redelivered events already applied to their users' state (topic epoch %s); "
+                 "counted in hailstream_duplicates_skipped_total", skipped, epoch or "unknown: offsets only")
+    if resets:
+        log.warning("%d events sat at or before positions stored under another epoch of the input topic "
+                    "(a new broker or a recreated topic; now %s): processed, not skipped", resets, epoch)
 
 
 def record_timeline(runtime: WorkerRuntime, result: BatchResult, found: Sequence[Detection]) -> None:

@@ -18,6 +18,7 @@ import torch
 from stream.errors import StreamError
 from stream.kafka.model_updates import ModelUpdatesReader
 from stream.kafka.topics import changelog_topic
+from stream.lifeline import arm_exit_deadline, stop_self, watch_parent
 from stream.observe.metrics import Metrics, MetricsServer, serve_metrics
 from stream.observe.timeline import Timeline
 from stream.settings import Settings
@@ -41,6 +42,21 @@ def load_recommender(
     return OnlineRecommender(
         ckpt.model, ckpt.vocab, version, peer=peer, length_buckets=length_buckets, state_cache=state_cache
     )
+
+
+class _BoundedWorker(faust.Worker):
+    """A Faust worker whose stop on SIGTERM/SIGINT is bounded (:func:`stream.lifeline.arm_exit_deadline`):
+    with the broker gone, Faust's own stop retries for a minute and more."""
+
+    before_exit: Callable[[], None] | None = None
+
+    def _on_sigterm(self) -> None:
+        arm_exit_deadline(before_exit=self.before_exit)
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        arm_exit_deadline(before_exit=self.before_exit)
+        super()._on_sigint()
 
 
 def run_worker(
@@ -101,6 +117,10 @@ def run_worker(
         settings, recommender, baselines=ws.baselines, baseline_sample_every=ws.baseline_sample_every,
         stats_path=ws.stats_file, metrics=metrics,
     )
+    from stream.kafka.topics import topic_epoch
+
+    runtime.epoch = topic_epoch(settings)
+    log.info("input topic epoch: %s", runtime.epoch or "unknown (offsets only)")
     if ws.timeline is not None:
         runtime.timeline = Timeline(ws.timeline, ws.timeline_every, version=recommender.version)
     if metrics is not None and runtime.swapper is not None:
@@ -116,9 +136,11 @@ def run_worker(
     app = make_app(settings, runtime, datadir=own_datadir.name if own_datadir is not None else ws.datadir)
     if setup is not None:
         setup(app, runtime)
-    worker = faust.Worker(
+    worker = _BoundedWorker(
         app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False,
     )
+    worker.before_exit = runtime.write_stats
+    watch_parent(lambda: stop_self(before_exit=runtime.write_stats))
     log.info("worker starting: model version %s, %s", recommender.version, settings.redacted())
     started = time.time()
     try:

@@ -244,6 +244,7 @@ class OnlineBaselines:
         popularity_window: int | None = 1000,
         names: Sequence[str] = BASELINE_NAMES,
         sample_every: int = 1,
+        max_users: int = 0,
     ) -> None:
         unknown = sorted(set(names) - set(BASELINE_NAMES))
         if unknown:
@@ -260,6 +261,9 @@ class OnlineBaselines:
         if self._popularity not in self._learners:
             self._learners.append(self._popularity)
         self._previous: dict[str, dict[str, list[str]]] = {}
+        # users in order of their last event, for the max_users cap (0 = unbounded)
+        self.max_users = max_users
+        self._recent: dict[str, None] = {}
         self._events = 0
         self._popular_cache: tuple[int, int, Ranked] | None = None
 
@@ -282,6 +286,16 @@ class OnlineBaselines:
         for m in self._learners:
             m.learn_one(user, idx, lat, lon)
         self._events += 1
+        if self.max_users:
+            recent = self._recent
+            recent.pop(user, None)
+            recent[user] = None
+            while len(recent) > self.max_users:  # forget the least recently seen user
+                old = next(iter(recent))
+                del recent[old]
+                self._previous.pop(old, None)
+                for m in self._learners:
+                    m.forget(old)
 
     def predict_one(self, user: str, history: Sequence[str], k: int = 10, remember: bool = True) -> dict[str, list[str]]:
         """Each baseline's top-``k`` item ids after ``history`` (oldest first; the user's latest

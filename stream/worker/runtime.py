@@ -48,6 +48,8 @@ class WorkerRuntime:
     drift_published: int = 0
     #: the run's timeline file (None: not recorded); fed after every batch, in the batch thread
     timeline: Timeline | None = None
+    #: the input topic's epoch (:func:`stream.kafka.topics.topic_epoch`), refreshed by a timer
+    epoch: str | None = None
     _last_error: str = field(default="", repr=False)
 
     def snapshot(self) -> WorkerSnapshot:
@@ -87,7 +89,8 @@ def build_runtime(
     """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
     has no cold-start fallback, the baselines' recent popularity becomes it. With ``metrics``, the
     batches are observed (metrics, drift detection) and announced versions are hot-swapped in."""
-    online = OnlineBaselines(popularity_window, sample_every=baseline_sample_every) if baselines else None
+    online = (OnlineBaselines(popularity_window, sample_every=baseline_sample_every,
+                              max_users=settings.worker.max_users) if baselines else None)
     if online is not None and recommender.fallback is None:
         recommender.fallback = online.popular
     preq = new_prequential(settings.top_k, online, prequential_window)
@@ -106,6 +109,7 @@ def build_runtime(
         guard = None
         if ws.guard_events > 0:
             guard = SwapGuard(ws.guard_events, ws.guard_min_events, ws.guard_tolerance, ws.guard_confidence)
-        runtime.swapper = HotSwapper(recommender, metrics, guard)
+        runtime.swapper = HotSwapper(recommender, metrics, guard, model_dir=settings.model_dir,
+                                     key=settings.signing_key())
         set_model(metrics, recommender.version, len(recommender.live.vocab))
     return runtime

@@ -57,14 +57,33 @@ async def deliver(outcome: BatchOutcome, sink: Sink, settings: Settings, runtime
     runtime.stats.add(outcome.result)
 
 
+def evict_oldest(data: Any, cap: int) -> list[tuple[str, int]]:
+    """Drop the first-inserted users of the mapping ``data`` until it holds ``cap``; returns
+    (user, partition of its last event) of each dropped one.
+
+    >>> d = {"a": {"off": [1, 5]}, "b": {"off": [0, 7]}, "c": {"off": [2, 1]}}
+    >>> evict_oldest(d, 2), list(d)
+    ([('a', 1)], ['b', 'c'])
+    """
+    out: list[tuple[str, int]] = []
+    while len(data) > cap:
+        old = next(iter(data))
+        value = data.pop(old)
+        getattr(data, "_key_partition", {}).pop(old, None)  # Faust's memory store tracks recovered keys
+        off = value.get("off") if isinstance(value, dict) else None
+        out.append((old, int(off[0]) if off else 0))
+    return out
+
+
 class FaustSink:
     """The Faust table (written directly, see :meth:`put_state`) and the app's producer; a failed
     send is counted in ``runtime.send_errors`` and logged once per distinct error."""
 
-    def __init__(self, app: Any, table: Any, runtime: WorkerRuntime) -> None:
+    def __init__(self, app: Any, table: Any, runtime: WorkerRuntime, max_users: int = 0) -> None:
         self.app = app
         self.table = table
         self.runtime = runtime
+        self.max_users = max_users
 
     def get_state(self, user: str) -> UserState | None:
         value = self.table.data.get(user)
@@ -74,8 +93,18 @@ class FaustSink:
         # Write the store directly and send the changelog record to the partition of the event
         # that produced it: Faust's own __setitem__ would take the partition of the stream's
         # *current* event, which in a batch may belong to another user.
-        self.table.data[user] = value
+        data = self.table.data
+        if self.max_users:
+            data.pop(user, None)  # re-inserted last: insertion order = least recently updated first
+        data[user] = value
         self.table.send_changelog(partition, user, value)
+        if self.max_users:
+            for old, part in evict_oldest(data, self.max_users):
+                # A tombstone, so that a restart's recovery does not bring the evicted users back.
+                self.table.send_changelog(part, old, None, value_serializer="raw")
+                self.runtime.stats.evicted += 1
+                if self.runtime.monitor is not None:
+                    self.runtime.monitor.metrics.users_evicted.inc()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         fut = await self.app.producer.send(topic, key, value, None, None, None)

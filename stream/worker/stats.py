@@ -28,6 +28,8 @@ class WorkerStats:
         self.valid = 0
         self.predictions = 0
         self.duplicates = 0
+        self.resets = 0
+        self.evicted = 0
         self.cold = 0
         self.batches = 0
         self.dead_letters: Counter[str] = Counter()
@@ -45,6 +47,7 @@ class WorkerStats:
         self.valid += s.valid
         self.predictions += s.predictions
         self.duplicates += s.duplicates
+        self.resets += s.resets
         self.cold += s.cold
         self.dead_letters.update(s.dead_letters)
         self._latencies.extend(s.latencies)
@@ -90,6 +93,8 @@ class WorkerStats:
             "dead_letters": sum(self.dead_letters.values()),
             "dead_letter_reasons": dict(self.dead_letters),
             "duplicates_skipped": self.duplicates,
+            "position_resets": self.resets,
+            "users_evicted": self.evicted,
             "cold": self.cold,
             "batches": self.batches,
             "model_version": self.model_version,

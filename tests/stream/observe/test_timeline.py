@@ -115,7 +115,7 @@ def test_the_worker_batch_code_records_points_drift_and_a_hot_swap(tmp_path: Pat
     store = ModelStore(tmp_path / "models")
     store.add(_model(len(ITEMS) + 1, 0), ItemVocab(ITEMS), status="promoted")
     store.add(_model(len(ITEMS) + 1, 1), ItemVocab(ITEMS), status="promoted", parent=1)
-    settings = Settings(top_k=10)
+    settings = Settings(top_k=10, model_dir=tmp_path / "models")
     rec = OnlineRecommender(store.load(1).model, store.load(1).vocab, "v1")
     metrics = Metrics(process_collector=False)
     runtime = build_runtime(settings, rec, metrics=metrics, offload=False, prequential_window=100)

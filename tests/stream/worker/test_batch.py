@@ -90,7 +90,7 @@ def test_every_event_is_a_prediction_or_a_dead_letter():
     assert [(p.user_id, p.event_id) for p in preds] == [("u1", "e1"), ("u2", "in:2:15"), ("u1", "e3")]
     assert [k for k, _ in out.predictions] == [b"u1", b"u2", b"u1"]
     assert all(p.model_version == "echo-1" and p.k == 3 for p in preds)
-    assert table["u1"] == {"items": ["a", "c"], "pred": ["c", "a"], "off": [2, 17]}
+    assert table["u1"] == {"items": ["a", "c"], "pred": ["c", "a"], "off": [2, 17], "eids": ["e1", "e3"]}
 
 
 def test_one_forward_pass_per_batch():
