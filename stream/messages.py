@@ -79,8 +79,20 @@ def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+class _Message:
+    """What every model-updates record does: a ``type`` and its fields as (compact, sorted) JSON."""
+
+    type: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}  # type: ignore[call-overload]
+
+    def to_json(self) -> bytes:
+        return _dump(self.to_dict())
+
+
 @dataclass(frozen=True)
-class ModelAnnouncement:
+class ModelAnnouncement(_Message):
     """Serve ``version`` (its weights at ``checkpoint``, checksum ``sha256``)."""
 
     type: ClassVar[str] = MODEL
@@ -96,13 +108,10 @@ class ModelAnnouncement:
     sig: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"type": self.type, **asdict(self)}
+        d = super().to_dict()
         if d["sig"] is None:
             del d["sig"]
         return d
-
-    def to_json(self) -> bytes:
-        return _dump(self.to_dict())
 
     def signed(self, key: bytes | None) -> ModelAnnouncement:
         """This announcement signed with ``key`` (unchanged when None)."""
@@ -128,7 +137,7 @@ def sign_announcement(msg: ModelAnnouncement, key: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class DriftSignal:
+class DriftSignal(_Message):
     """A worker's drift detection, for the trainer (``source`` names the worker)."""
 
     type: ClassVar[str] = DRIFT
@@ -139,30 +148,18 @@ class DriftSignal:
     source: str = ""
     sent_at: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
-
-    def to_json(self) -> bytes:
-        return _dump(self.to_dict())
-
 
 @dataclass(frozen=True)
-class TriggerRequest:
+class TriggerRequest(_Message):
     """Ask the trainer for a fine-tune now."""
 
     type: ClassVar[str] = TRIGGER
     reason: str = "manual"
     sent_at: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
-
-    def to_json(self) -> bytes:
-        return _dump(self.to_dict())
-
 
 @dataclass(frozen=True)
-class RollbackNotice:
+class RollbackNotice(_Message):
     """A worker rolled ``version`` back to ``previous`` (see :mod:`stream.worker.guard`)."""
 
     type: ClassVar[str] = ROLLBACK
@@ -173,12 +170,6 @@ class RollbackNotice:
     reason: str = "guard"
     source: str = ""
     sent_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
-
-    def to_json(self) -> bytes:
-        return _dump(self.to_dict())
 
 
 ControlMessage = ModelAnnouncement | DriftSignal | TriggerRequest | RollbackNotice

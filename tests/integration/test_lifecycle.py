@@ -21,11 +21,12 @@ Killing a writer mid-checkpoint is covered in tests/stream/trainer/test_model_st
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +234,16 @@ def test_promotions_are_hot_swapped_and_a_restarted_worker_serves_the_latest(
                 stop_process(proc)
 
 
-def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
-    lifecycle_settings: Settings, initial: Path, events: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = lifecycle_settings
-
+@contextlib.contextmanager
+def _scrambling_trainer(
+    settings: Settings, initial: Path, events: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tolerance: float = 0.0,
+) -> Iterator[tuple[TrainerRuntime, Path, list[tuple[subprocess.Popen[bytes], Path]]]]:
+    """An in-process trainer whose candidates are scrambled (no automatic trigger) and a worker
+    process, both having seen the first 1,000 streamed events; both stopped afterwards."""
     monkeypatch.setattr(learner_mod, "fine_tune", scrambling_fine_tune)
-    config = TrainerSettings(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0)
+    config = TrainerSettings(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0,
+                             tolerance=tolerance)
     runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
     thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
     wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"
@@ -251,14 +255,30 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
         _wait("the worker to start", wstats.exists, procs)
         replay(events, settings, max_rate=1000, progress=False, start=TRAIN_ON, limit=1000)
         _wait("the trainer to learn the events", lambda: runtime.events >= 1000, procs)
+        yield runtime, wstats, procs
+    finally:
+        runtime.stop()
+        thread.join(30)
+        stop_process(worker)
+    assert not thread.is_alive()
+
+
+def _send_drift(settings: Settings) -> None:
+    producer = make_producer(settings, linger_ms=0)
+    try:
+        producer.send(settings.model_updates_topic, key=CONTROL_KEY,
+                      value=drift_message("accuracy", 1000, 0.1, 0.4, source="test")).get(timeout=10)
+    finally:
+        producer.close()
+
+
+def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
+    lifecycle_settings: Settings, initial: Path, events: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = lifecycle_settings
+    with _scrambling_trainer(settings, initial, events, tmp_path, monkeypatch) as (runtime, wstats, procs):
         assert runtime.learner.fine_tunes == 0  # no automatic trigger configured
-        # A worker-style drift signal on the model-updates topic triggers the fine-tune.
-        producer = make_producer(settings, linger_ms=0)
-        try:
-            producer.send(settings.model_updates_topic, key=CONTROL_KEY,
-                          value=drift_message("accuracy", 1000, 0.1, 0.4, source="test")).get(timeout=10)
-        finally:
-            producer.close()
+        _send_drift(settings)  # a worker-style drift signal on the model-updates topic triggers the fine-tune
         _wait("a rejection", lambda: runtime.learner.outcomes["rejected"] >= 1 and not runtime.busy, procs)
         out = runtime.learner.history[-1]
         assert out["reason"] == "drift" and out["candidate"]["ndcg@10"] < out["live"]["ndcg@10"]
@@ -274,37 +294,15 @@ def test_a_worse_candidate_is_rejected_and_the_live_version_keeps_serving(
         preds = [Prediction.from_json(r.value) for r in read_topic(settings, settings.predictions_topic, 1200)]
         assert len(preds) >= 1200 and {p.model_version for p in preds} == {"1"}
         assert read_worker_snapshot(wstats).swaps == 0
-    finally:
-        runtime.stop()
-        thread.join(30)
-        stop_process(worker)
-    assert not thread.is_alive()
 
 
 def test_a_candidate_that_loses_live_is_rolled_back_by_the_worker(
     lifecycle_settings: Settings, initial: Path, events: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = lifecycle_settings.replace(guard_events=400, guard_min_events=100)
-    monkeypatch.setattr(learner_mod, "fine_tune", scrambling_fine_tune)
-    config = TrainerSettings(window=1500, holdout=300, every_events=None, min_new_events=300, steps=1, drift_wait=0,
-                             tolerance=1.0)  # the gate lets the scrambled candidate through
-    runtime = TrainerRuntime(settings, open_learner(settings, config, initial), metrics=Metrics(process="trainer"))
-    thread = threading.Thread(target=runtime.run, name="test-trainer", daemon=True)
-    wstats, wlog = tmp_path / "worker.json", tmp_path / "worker.log"
-    worker = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats), "--no-baselines"],
-                    settings, wlog)
-    procs = [(worker, wlog)]
-    thread.start()
-    try:
-        _wait("the worker to start", wstats.exists, procs)
-        replay(events, settings, max_rate=1000, progress=False, start=TRAIN_ON, limit=1000)
-        _wait("the trainer to learn the events", lambda: runtime.events >= 1000, procs)
-        producer = make_producer(settings, linger_ms=0)
-        try:
-            producer.send(settings.model_updates_topic, key=CONTROL_KEY,
-                          value=drift_message("accuracy", 1000, 0.1, 0.4, source="test")).get(timeout=10)
-        finally:
-            producer.close()
+    # the gate lets the scrambled candidate through (tolerance 1)
+    with _scrambling_trainer(settings, initial, events, tmp_path, monkeypatch, tolerance=1.0) as (runtime, wstats, procs):
+        _send_drift(settings)
         _wait("the worker to serve v2", lambda: read_worker_snapshot(wstats).live_model_version == "v2", procs)
         swapped_at = read_worker_snapshot(wstats).events
         assert runtime.learner.history[-1]["outcome"] == "promoted"
@@ -337,11 +335,6 @@ def test_a_candidate_that_loses_live_is_rolled_back_by_the_worker(
         after = [p for r in read_topic(settings, settings.predictions_topic, STREAM)
                  if (p := Prediction.from_json(r.value)).produced_at > verdict_time(w)]
         assert after and {p.model_version for p in after} <= {"1", "v1"}
-    finally:
-        runtime.stop()
-        thread.join(30)
-        stop_process(worker)
-    assert not thread.is_alive()
 
 
 def verdict_time(stats: WorkerSnapshot) -> float:
