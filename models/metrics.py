@@ -156,6 +156,10 @@ def summarize(ranks: np.ndarray, ks: Sequence[int] = (5, 10, 20), mrr_k: int = 1
     return out
 
 
+#: The names of :func:`topk_metrics`' values, in its order.
+TOPK_METRICS = ("hr", "ndcg", "mrr")
+
+
 def topk_metrics(predicted: Sequence[Hashable] | np.ndarray, actual: Hashable) -> tuple[float, float, float]:
     """Prequential metrics of one published top-k list against the item that actually came next:
     ``(hit, ndcg, rr)``, each 0.0 when ``actual`` is not in the list. The list's length is its k.

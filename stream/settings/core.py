@@ -259,6 +259,15 @@ class Settings(BaseSettings):
     def uses_ssl(self) -> bool:
         return self.security_protocol.endswith("SSL")
 
+    def _connection_kwargs(self) -> dict[str, Any]:
+        # What kafka-python and aiokafka name alike: servers, protocol and SASL credentials.
+        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, "security_protocol": self.security_protocol}
+        if self.uses_sasl:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password
+        return kw
+
     def kafka_python_kwargs(self) -> dict[str, Any]:
         """Connection and security keyword arguments for kafka-python's ``KafkaAdminClient``,
         ``KafkaProducer`` and ``KafkaConsumer``.
@@ -266,11 +275,7 @@ class Settings(BaseSettings):
         >>> Settings(bootstrap_servers="h1:9092,h2:9092").kafka_python_kwargs()
         {'bootstrap_servers': ['h1:9092', 'h2:9092'], 'security_protocol': 'PLAINTEXT'}
         """
-        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, "security_protocol": self.security_protocol}
-        if self.uses_sasl:
-            kw["sasl_mechanism"] = self.sasl_mechanism
-            kw["sasl_plain_username"] = self.sasl_username
-            kw["sasl_plain_password"] = self.sasl_password
+        kw = self._connection_kwargs()
         if self.uses_ssl:
             if self.ssl_cafile is not None:
                 kw["ssl_cafile"] = str(self.ssl_cafile)
@@ -301,11 +306,7 @@ class Settings(BaseSettings):
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """Connection and security keyword arguments for aiokafka's producer and consumer (which
         take an ``ssl_context`` rather than file names)."""
-        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list, "security_protocol": self.security_protocol}
-        if self.uses_sasl:
-            kw["sasl_mechanism"] = self.sasl_mechanism
-            kw["sasl_plain_username"] = self.sasl_username
-            kw["sasl_plain_password"] = self.sasl_password
+        kw = self._connection_kwargs()
         if self.uses_ssl:
             kw["ssl_context"] = self.ssl_context()
         return kw

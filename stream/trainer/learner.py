@@ -58,7 +58,7 @@ import torch
 
 from models.capacity import Admission, ItemCapacity, RecyclingVocab, candidate_from, changed_rows
 from models.hail import HAIL
-from models.metrics import topk_metrics
+from models.metrics import TOPK_METRICS, topk_metrics
 from models.trainer import fine_tune, left_pad, make_windows
 from models.vocab import ItemVocab
 from stream.errors import StreamError
@@ -131,7 +131,6 @@ class Outcome:
         return {k: v for k, v in self.__dict__.items() if k not in ("model", "vocab")}
 
 
-METRIC_COLUMNS = ("hr", "ndcg", "mrr")
 
 
 def score_pairs(
@@ -154,7 +153,7 @@ def summarise(rows: np.ndarray, k: int = 10) -> dict[str, float]:
     """Means of :func:`score_pairs` rows as ``{"hr@k", "ndcg@k", "mrr@k", "n"}``."""
     n = len(rows)
     means = rows.mean(axis=0).tolist() if n else [0.0, 0.0, 0.0]
-    out: dict[str, float] = {f"{c}@{k}": v for c, v in zip(METRIC_COLUMNS, means, strict=True)}
+    out: dict[str, float] = {f"{c}@{k}": v for c, v in zip(TOPK_METRICS, means, strict=True)}
     out["n"] = n
     return out
 
@@ -301,7 +300,7 @@ class Learner:
                 cand_rows = score_pairs(cand, job.vocab, job.holdout, cfg.k)
                 live_rows = score_pairs(job.base.model, job.base.vocab, job.holdout, cfg.k)
                 out.candidate, out.live = summarise(cand_rows, cfg.k), summarise(live_rows, cfg.k)
-                col = METRIC_COLUMNS.index(cfg.gate_metric.split("@")[0])
+                col = TOPK_METRICS.index(cfg.gate_metric.split("@")[0])
                 verdict = compare(cand_rows[:, col], live_rows[:, col], min_events=cfg.gate_min_events,
                                   tolerance=cfg.tolerance, confidence=cfg.gate_confidence)
                 out.gate = verdict.to_dict()

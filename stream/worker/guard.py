@@ -41,12 +41,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.metrics import topk_metrics
+from models.metrics import TOPK_METRICS, topk_metrics
 from stream.errors import StreamError
 from stream.trainer.gate import lower_bound
 from stream.worker.recommender import LiveModel, OnlineRecommender
-
-METRICS = ("hr", "ndcg", "mrr")
 
 
 @dataclass(frozen=True)
@@ -82,14 +80,15 @@ class GuardRun:
     served: int = 0
     done: Verdict | None = None
     _next_look: int = 0
+    _previous_rec: OnlineRecommender = field(init=False, repr=False)  # the shadow scorer
 
     def __post_init__(self) -> None:
         self._next_look = self.guard.look_every
+        self._previous_rec = OnlineRecommender(self.previous.model, self.previous.vocab, self.previous.version)
 
     def shadow_topk(self, histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         """The previous version's top-k for a batch of histories (one forward pass)."""
-        rec = OnlineRecommender(self.previous.model, self.previous.vocab, self.previous.version)
-        return [items for items, _ in rec.recommend_batch(histories, k)]
+        return [items for items, _ in self._previous_rec.recommend_batch(histories, k)]
 
     def pair(self, previous_hit: float, new_hit: float) -> None:
         """One event scored by both versions (their per-event metric)."""
@@ -101,7 +100,7 @@ class GuardRun:
         """Score one event against both versions' top-k published (or shadowed) before it."""
         if previous_items is None or new_items is None:
             return
-        col = METRICS.index(self.guard.metric)
+        col = TOPK_METRICS.index(self.guard.metric)
         self.pair(float(topk_metrics(list(previous_items)[:k], actual)[col]),
                   float(topk_metrics(list(new_items)[:k], actual)[col]))
 
@@ -159,8 +158,8 @@ class SwapGuard:
                               f"looks={looks}, min_events={min_events}")
         if tolerance < 0 or not 0.5 <= confidence < 1:
             raise StreamError(f"guard tolerance must be >= 0 and confidence in [0.5, 1); got {tolerance}, {confidence}")
-        if metric not in METRICS:
-            raise StreamError(f"guard metric must be one of {METRICS}, not {metric!r}")
+        if metric not in TOPK_METRICS:
+            raise StreamError(f"guard metric must be one of {TOPK_METRICS}, not {metric!r}")
         self.events = int(events)
         self.min_events = int(min_events)
         self.tolerance = float(tolerance)
