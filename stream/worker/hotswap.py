@@ -197,19 +197,15 @@ class HotSwapper:
         self._record(verdict)
         if verdict.action != "rollback":
             log.info("post-swap guard: %s", verdict.reason)
-            with self._lock:
-                last = self.guard.last if self.guard is not None else None
-                if self.guard is not None and last is not None and last.done is verdict:
-                    self.guard.stop()  # the previous version is no longer needed
-            return None
         with self._lock:
             run = self.guard.last if self.guard is not None else None
-            if run is None or run.new.version != verdict.version or self.recommender.version != verdict.version:
-                return None  # another swap came first
+            if self.guard is None or run is None or run.done is not verdict:
+                return None  # another swap came first and started its own window
+            self.guard.stop()  # kept or rolled back: the previous version is no longer needed
+            if verdict.action != "rollback" or self.recommender.version != verdict.version:
+                return None
             previous = run.previous
             self.recommender.swap(previous.model, previous.vocab, previous.version)
-            if self.guard is not None:
-                self.guard.stop()
             self.refused.add(verdict.version)
             self.rollbacks += 1
             self.last_swap = {"version": previous.version, "previous": verdict.version, "at": time.time(),
