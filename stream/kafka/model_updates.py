@@ -55,7 +55,8 @@ class ModelUpdatesReader:
         self.messages = 0
         self.errors = 0
         self.started_at = time.time()
-        self._handled: dict[Any, int] = {}  # partition -> last offset handed to the handler
+        # partition -> (last offset handed to the handler, newest record time seen there)
+        self._handled: dict[Any, tuple[int, int]] = {}
 
     def start(self) -> ModelUpdatesReader:
         self._thread.start()
@@ -117,9 +118,8 @@ class ModelUpdatesReader:
             live = self.caught_up.is_set()
             for tp, records in batch.items():
                 for r in records:
-                    if r.offset <= self._handled.get(tp, -1):
+                    if not self._unseen(tp, r):
                         continue  # re-read after a reconnect: already handled
-                    self._handled[tp] = r.offset
                     msg = parse_control(r.value)
                     if msg is None:
                         continue
@@ -137,6 +137,26 @@ class ModelUpdatesReader:
                     except Exception:
                         self.errors += 1
                         log.exception("applying the model-updates history failed")
+
+    def _unseen(self, tp: Any, record: Any) -> bool:
+        """Whether ``record`` was not handed to the handler yet (and remember it). A reconnect
+        re-reads the partition: records at or before the last handled offset and no newer than
+        anything seen there are skipped; a topic recreated on a new broker restarts its offsets,
+        but its records are newer, so they are handled.
+
+        >>> from collections import namedtuple
+        >>> R = namedtuple("R", "offset timestamp")
+        >>> reader = ModelUpdatesReader.__new__(ModelUpdatesReader); reader._handled = {}
+        >>> [reader._unseen(0, r) for r in (R(0, 100), R(1, 200), R(0, 100), R(1, 200), R(0, 300))]
+        [True, True, False, False, True]
+        """
+        last, newest = self._handled.get(tp, (-1, -1))
+        stamp = getattr(record, "timestamp", None)
+        stamp = stamp if isinstance(stamp, int) else -1
+        if record.offset <= last and stamp <= newest:
+            return False
+        self._handled[tp] = (record.offset, max(newest, stamp))
+        return True
 
     def _produced_since_start(self, record: Any) -> bool:
         stamp = getattr(record, "timestamp", None)  # milliseconds (CreateTime), or -1/None when unknown
