@@ -41,7 +41,7 @@ from torch import nn
 
 from models.encoders import ACTIVATIONS, ENCODERS, BERT4RecEncoder, SequenceEncoder, make_encoder
 from models.errors import ModelsError
-from models.history import HISTORY, CopyHead, successors
+from models.history import CopyHead, successors
 from models.losses import (
     AGGREGATES,
     MED_FORMS,
@@ -49,6 +49,7 @@ from models.losses import (
     ensemble_cross_entropy,
     mutual_exclusivity_distillation,
 )
+from models.names import HISTORY
 from models.vocab import PAD
 
 DISTILL = ("med", "dml", "none")

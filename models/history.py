@@ -44,7 +44,6 @@ from torch import nn
 
 from models.vocab import PAD
 
-HISTORY = ("none", "copy")
 _TINY = 1e-30
 
 

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from models.errors import ModelsError
+from models.names import MED_FORMS
 
 Aggregate = Literal["mean", "max"]
 MedForm = Literal["coded", "weighted_ce", "unlikelihood", "exclusive"]
-MED_FORMS = ("coded", "weighted_ce", "unlikelihood", "exclusive")
 # The reconstructions of MED made before the authors' code was found: ablations only.
 RECONSTRUCTED_FORMS = ("weighted_ce", "unlikelihood", "exclusive")
 AGGREGATES = ("mean", "max")

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from models.errors import ModelsError
 from models.evaluate import ModelScorer, evaluate
 from models.hail import HAIL, HailConfig
+from models.names import OPTIMIZERS, SCHEDULES
 from models.padding import left_pad
 from models.splits import SequenceSplit
 
@@ -149,8 +150,6 @@ def batch_order(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, po
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "linear")
 
 
 def make_optimizer(

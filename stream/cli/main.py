@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelsError
-from models.names import MODELS
+from models.names import HISTORY, MED_FORMS, MODELS, OPTIMIZERS, SCHEDULES
 from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.errors import StreamError
 from stream.settings import Settings, settings_fields
@@ -94,6 +94,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "med_weight": args.med_weight, "med_topk": args.med_topk, "med_form": args.med_form,
             "med_aggregate": args.med_aggregate, "med_warmup_epochs": args.med_warmup, "seed": args.seed,
             "encoders": tuple(args.encoders.split(",")) if args.encoders else None,
+            "med_alpha": args.med_alpha, "med_beta": args.med_beta, "med_gamma": args.med_gamma,
+            "history": args.history, "heads": args.heads,
+            "share_embedding": True if args.share_embedding else None,
+            "output_bias": True if args.share_embedding else None,
         }.items()
         if v is not None
     }
@@ -102,6 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for k, v in {
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
             "threads": args.threads, "seed": args.seed, "progress": not args.quiet,
+            "optimizer": args.optimizer, "schedule": args.schedule, "warmup_steps": args.warmup_steps,
+            "clip_norm": args.clip_norm, "weight_decay": args.weight_decay,
         }.items()
         if v is not None
     }
@@ -247,10 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", _count, "stop after this many epochs without a better validation NDCG@10 (default 5)"),
         ("--threads", _count, "torch threads (default: torch's choice)"),
         ("--seed", int, "seed of initialisation, shuffling and dropout (default 0)"),
+        ("--heads", _count, "attention heads per layer (default 1; hidden must divide by it)"),
+        ("--med-alpha", float, "coded MED: α, the mix of its positive terms (default 0.5; < 0: DESIGN §3's schedule)"),
+        ("--med-beta", _nonnegative, "coded MED: β, the share of jointly hardest samples dropped (default 0.02)"),
+        ("--med-gamma", _nonnegative, "coded MED: γ, the exponent of the peer weights (default 1)"),
+        ("--warmup-steps", int, "optimizer steps of linear learning-rate warm-up (with --schedule linear)"),
+        ("--clip-norm", _positive, "clip the gradient norm to this value (default: no clipping)"),
+        ("--weight-decay", _nonnegative, "weight decay (default 0)"),
     ]
     for name, typ, text in flags:
         t.add_argument(name, type=typ, help=text)
-    t.add_argument("--med-form", choices=("weighted_ce", "unlikelihood", "exclusive"), help="the form of the MED loss")
+    t.add_argument("--med-form", choices=MED_FORMS,
+                   help="the form of the MED loss: coded (the authors' code, DESIGN §3; default) or an earlier "
+                        "reconstruction (ablations)")
+    t.add_argument("--history", choices=HISTORY,
+                   help="output of every peer: none (softmax over items; default) or copy (a learned gate mixing "
+                        "it with the user's own past items and their successors; best on revisit-heavy data)")
+    t.add_argument("--share-embedding", action="store_true",
+                   help="one item table and output bias shared by all peers (the authors' layout)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning rate: constant (default) or linear warm-up then linear decay to 0")
     t.add_argument("--med-aggregate", choices=("mean", "max"), help="how MED aggregates the other peers")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print metrics as JSON")
