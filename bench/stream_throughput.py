@@ -1,4 +1,4 @@
-"""Stream throughput on one embedded broker: Faust ceilings vs the hailstream worker (issue 5 Targets).
+"""Stream throughput on one embedded broker: Faust ceilings vs the hailstream worker (issues 5 and 14).
 
 In ONE run on the same embedded broker (Tansu) and the same backlog of Foursquare NYC events
 (4 partitions), each reader starting from the beginning in its own consumer group:
@@ -7,19 +7,29 @@ In ONE run on the same embedded broker (Tansu) and the same backlog of Foursquar
 (b) a Faust agent that sends one message per event (the naive pipeline),
 (c) the hailstream worker (``hailstream worker``) serving a 2-peer SASRec HAIL (hidden 64,
     2 layers, max_len 50, full ranking over the whole NYC vocabulary; weights untrained: the cost
-    does not depend on them), with its defaults and with the flag combinations in ``--configs``.
+    does not depend on them), with its defaults and with the flag combinations in ``--configs``,
+(d) two hailstream workers (defaults) in one consumer group on the 4 partitions (2 each), on
+    the same machine, fed once both have joined.
 
 Sustained events/s = events after the first batch / time to the last one (the worker's own stats;
-the agents time the same span). Then event -> prediction latency (p50 / p99 of Kafka message time
--> prediction produced) while events are published at half of (c)'s default rate, and the time
-from ``hailstream demo --checkpoint X`` start to its first published prediction (the demo's own
-clock, and from process spawn, by its live view, at 1 s resolution).
+the agents time the same span; for (d) also both workers together, first batch to last). Then event
+-> prediction latency (p50 / p99 of Kafka message time -> prediction produced) while events are
+published at half of (c)'s default rate (and, for (d), at half of the pair's rate), and the time from
+``hailstream demo --checkpoint X`` start to its first published prediction (``--skip-demo`` skips it).
 
-    python bench/stream_throughput.py              # ~6-9 minutes on 2 cores
+Per event, from the worker's stats: CPU microseconds of the batch thread by phase (prepare /
+inference / baselines / finish; ``busy_cpu_s``), wall microseconds of the send (the event loop's,
+``busy_s["send"]``) and the whole process's CPU (``/proc/<pid>/stat``, from its first batch on).
+Memory per user: the table state's bytes (JSON, as stored and changelogged, and in Python) for users
+with a full sequence, and the incremental-inference cache's bytes per cached sequence
+(:meth:`models.incremental.IncrementalScorer.bytes_per_entry`, a GRU4Rec HAIL of the same size).
+
+    python bench/stream_throughput.py --skip-demo     # ~5 minutes on 2 quiet cores
 
 Writes ``bench/results/stream_throughput.json`` and ``.md``; records the machine, the load
-average during the run, the command and the date. Goal: (c) >= 50% of (a); p99 <= 100 ms; demo
-first prediction < 30 s.
+average during the run, the command and the date. Targets: (c) >= 50% of (a); p50 <= 30 ms and
+p99 <= 100 ms at half (c)'s rate; inference <= 60 us CPU per event per peer; (d) >= 1.6x (c);
+demo first prediction < 30 s.
 """
 
 from __future__ import annotations
@@ -42,11 +52,9 @@ from _common import RESULTS, ROOT, LoadSampler, machine_info, write_results  # i
 
 DEFAULT_CONFIGS = (
     "",  # the defaults
-    "--length-buckets 3",
-    "--baseline-sample-every 10",
-    "--length-buckets 3 --baseline-sample-every 10",
-    "--no-baselines --length-buckets 3",
+    "--no-baselines",  # what the baselines cost
 )
+PEERS = 2
 
 
 # -- (a) and (b): minimal Faust agents, run as `python bench/stream_throughput.py _agent ...` --------
@@ -111,6 +119,75 @@ def read_json(path: Path) -> dict[str, Any]:
     return {}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def per_event(st: dict[str, Any]) -> dict[str, Any]:
+    """Microseconds per event by phase from a worker's stats: CPU of the batch thread, and wall."""
+    events = max(1, int(st.get("events") or 0))
+    cpu = {k: 1e6 * v / events for k, v in (st.get("busy_cpu_s") or {}).items()}
+    wall = {k: 1e6 * v / events for k, v in (st.get("busy_s") or {}).items()}
+    return {"cpu_us": cpu, "wall_us": wall, "inference_cpu_us_per_peer": cpu.get("inference", 0.0) / PEERS}
+
+
+def memory_per_user(events: Any, model: Any, vocab: Any, n: int) -> dict[str, Any]:
+    """Bytes of one user's table state (JSON and Python objects) after ``n`` events through
+    ``process_batch`` (in-process, no broker), for users whose sequence is full, and of one cached
+    incremental-inference state (a GRU4Rec HAIL of the same width, depth and peers)."""
+    import numpy as np
+
+    from models.hail import HAIL, HailConfig
+    from models.incremental import IncrementalScorer
+    from stream.settings import Settings
+    from stream.worker.batch import Source, new_prequential, process_batch
+    from stream.worker.recommender import OnlineBaselines, OnlineRecommender
+
+    settings = Settings()
+    rec = OnlineRecommender(model, vocab, "bench")
+    baselines = OnlineBaselines(1000, max_users=settings.worker.max_users, max_items=settings.worker.baseline_max_items,
+                                max_next=settings.worker.baseline_max_next)
+    preq = new_prequential(settings.top_k, baselines)
+    table: dict[str, Any] = {}
+    rows = list(zip(events.users.tolist(), events.items.tolist(), events.ts.tolist(), strict=True))[:n]
+    for start in range(0, len(rows), 256):
+        batch = [Source(json.dumps({"user_id": str(u), "item_id": str(i), "ts": float(t), "event_id": f"e{start + j}"}
+                                   ).encode(), "in", 0, start + j, str(u).encode())
+                 for j, (u, i, t) in enumerate(rows[start:start + 256])]
+        out = process_batch(batch, table.get, rec, baselines, preq, settings)
+        for user, upd in out.updates.items():
+            table[user] = upd.value
+
+    def deep(o: Any) -> int:
+        if isinstance(o, dict):
+            return sys.getsizeof(o) + sum(deep(k) + deep(v) for k, v in o.items())
+        if isinstance(o, (list, tuple)):
+            return sys.getsizeof(o) + sum(deep(v) for v in o)
+        return sys.getsizeof(o)
+
+    full = [v for v in table.values() if len(v["items"]) == settings.max_seq_len]
+    json_b = [len(json.dumps(v, separators=(",", ":"))) for v in full]
+    py_b = [deep(v) for v in full]
+    gru = HAIL(HailConfig(n_peers=PEERS, encoders=("gru4rec",), hidden=64, layers=2, max_len=50), vocab.rows).eval()
+    inc = IncrementalScorer(gru, capacity=10_000)
+    seqs = [vocab.lookup(v["items"][: settings.max_seq_len - 1]) for v in table.values()]
+    seqs = [s_[s_ > 0] for s_ in seqs if (s_ > 0).sum() < settings.max_seq_len][:2000]
+    for start in range(0, len(seqs), 256):
+        inc.log_probs([s_ for s_ in seqs[start:start + 256] if s_.size])
+    return {
+        "events": len(rows), "users": len(table), "full_users": len(full), "max_seq_len": settings.max_seq_len,
+        "table_json_bytes_per_full_user": float(np.mean(json_b)) if json_b else None,
+        "table_python_bytes_per_full_user": float(np.mean(py_b)) if py_b else None,
+        "incremental_cache_entries": len(inc),
+        "incremental_cache_bytes_per_sequence": inc.bytes_per_entry(),
+        "incremental_model": f"HAIL {PEERS}x GRU4Rec, hidden 64, 2 layers",
+    }
+
+
 # -- the run -----------------------------------------------------------------------------------------
 
 
@@ -129,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stream.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="hs-throughput-"))
+    print(f"uptime before: {uptime()}", flush=True)
     events = load_dataset("foursquare-nyc")
     vocab = ItemVocab(events.items.tolist())
     model = HAIL(HailConfig(n_peers=2, hidden=64, layers=2, max_len=50), vocab.rows)
@@ -145,6 +223,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    result["uptime_before"] = uptime()
+    result["memory"] = memory_per_user(events, model, vocab, args.memory_events)
+    log(f"memory per user: {result['memory']}")
     load = LoadSampler().__enter__()  # stopped at the end: covers the demo too
     with EmbeddedBroker(log_dir=tmp) as broker:
         base = Settings.from_env({}, bootstrap_servers=broker.bootstrap, interactions_topic=f"bench-in-{uuid.uuid4().hex[:6]}")
@@ -169,60 +250,115 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     stop(proc)
             log(f"({'a' if mode == 'iterate' else 'b'}) agent {mode}: {result['rates'][mode]:,.0f} events/s")
 
-        def worker(flags: str, topic: str, paced_rate: float | None) -> dict[str, Any]:
+        def workers(flags: str, topic: str, paced_rate: float | None, count: int = 1) -> list[dict[str, Any]]:
+            """Run ``count`` workers in one consumer group until they processed the backlog (or, with
+            ``paced_rate``, the events published at that rate once all have joined); their stats,
+            each with ``cpu_process_s`` (process CPU from its first batch on)."""
             app_id = f"hs-{uuid.uuid4().hex[:6]}"
             s = base.replace(
                 app_id=app_id, interactions_topic=topic, predictions_topic=f"p-{app_id}",
                 dead_letter_topic=f"d-{app_id}", model_updates_topic=f"m-{app_id}",
             )
             ensure_topics(s, {changelog_topic(s): s.partitions})
-            env = {
-                **os.environ, "PYTHONPATH": str(ROOT), "HAILSTREAM_LOG_LEVEL": "WARNING",
-                "HAILSTREAM_BOOTSTRAP_SERVERS": broker.bootstrap, "HAILSTREAM_APP_ID": app_id,
-                "HAILSTREAM_INTERACTIONS_TOPIC": s.interactions_topic, "HAILSTREAM_PREDICTIONS_TOPIC": s.predictions_topic,
-                "HAILSTREAM_DEAD_LETTER_TOPIC": s.dead_letter_topic, "HAILSTREAM_MODEL_UPDATES_TOPIC": s.model_updates_topic,
-            }
-            stats_path, logf = tmp / f"{app_id}.json", tmp / f"{app_id}.log"
             target = n if paced_rate is None else args.latency_events
-            with logf.open("w") as lf:
-                proc = subprocess.Popen(
-                    [*hailstream_argv(), "worker", "--checkpoint", str(ckpt), "--stats-file", str(stats_path), *flags.split()],
-                    env=env, stdout=lf, stderr=subprocess.STDOUT, cwd=tmp,
-                )
-                try:
-                    if paced_rate is not None:
-                        # Publish only once the worker is up (its stats file appears when it runs) and
-                        # has had time to join the group, so the latency is not the start-up time.
+            procs: list[tuple[subprocess.Popen[Any], Path, Path]] = []
+            try:
+                for w in range(count):
+                    env = {
+                        **os.environ, "PYTHONPATH": str(ROOT), "HAILSTREAM_LOG_LEVEL": "WARNING",
+                        "HAILSTREAM_BOOTSTRAP_SERVERS": broker.bootstrap, "HAILSTREAM_APP_ID": app_id,
+                        "HAILSTREAM_INTERACTIONS_TOPIC": s.interactions_topic,
+                        "HAILSTREAM_PREDICTIONS_TOPIC": s.predictions_topic,
+                        "HAILSTREAM_DEAD_LETTER_TOPIC": s.dead_letter_topic,
+                        "HAILSTREAM_MODEL_UPDATES_TOPIC": s.model_updates_topic,
+                        # two workers on one machine: their own (unused) web and metrics ports
+                        "HAILSTREAM_WEB_PORT": str(free_port()), "HAILSTREAM_METRICS_PORT": "0",
+                    }
+                    stats_path, logf = tmp / f"{app_id}-{w}.json", tmp / f"{app_id}-{w}.log"
+                    with logf.open("w") as lf:
+                        proc = subprocess.Popen(
+                            [*hailstream_argv(), "worker", "--checkpoint", str(ckpt), "--stats-file", str(stats_path),
+                             *flags.split()],
+                            env=env, stdout=lf, stderr=subprocess.STDOUT, cwd=tmp,
+                        )
+                    procs.append((proc, stats_path, logf))
+                if paced_rate is not None or count > 1:
+                    # Publish only once every worker is up (its stats file appears when it runs) and
+                    # has had time to join the group, so neither start-up nor a rebalance is timed.
+                    for proc, stats_path, logf in procs:
                         wait_for(stats_path.exists, proc, args.timeout, "worker start", logf)
-                        time.sleep(3.0)
-                        replay(events.head(target), s, max_rate=paced_rate, progress=False)
-                    wait_for(lambda: read_json(stats_path).get("events", 0) >= target, proc, args.timeout,
-                             f"worker {flags!r}", logf)
-                    time.sleep(1.2)  # one more stats write: the final counters
-                    return read_json(stats_path)
-                finally:
+                    time.sleep(3.0 + 2.0 * (count - 1))
+                    replay(events.head(target), s, max_rate=paced_rate, progress=False)
+                cpu_at_first: dict[int, float | None] = {}
+
+                def done() -> bool:
+                    total = 0
+                    for w, (proc, stats_path, _) in enumerate(procs):
+                        got = int(read_json(stats_path).get("events", 0))
+                        if got and w not in cpu_at_first:
+                            cpu_at_first[w] = process_cpu_s(proc.pid)
+                        total += got
+                    return total >= target
+
+                wait_for(done, procs[0][0], args.timeout, f"worker {flags!r} x{count}", procs[0][2])
+                time.sleep(1.2)  # one more stats write: the final counters
+                out = []
+                for w, (proc, stats_path, _) in enumerate(procs):
+                    st = read_json(stats_path)
+                    first, last = cpu_at_first.get(w), process_cpu_s(proc.pid)
+                    st["cpu_process_s"] = None if first is None or last is None else last - first
+                    out.append(st)
+                return out
+            finally:
+                for proc, _, _ in procs:
                     stop(proc)
 
-        for flags in args.configs:
-            st = worker(flags, base.interactions_topic, None)
+        def summary(st: dict[str, Any]) -> dict[str, Any]:
             rate = float(st.get("events_per_s") or 0.0)
-            result["workers"][flags or "(defaults)"] = {
-                "events_per_s": rate, "busy_s": st.get("busy_s"), "batches": st.get("batches"),
-                "share_of_iterate": rate / result["rates"]["iterate"],
+            events_after_first = max(1, int(st.get("events") or 0))
+            cpu = st.get("cpu_process_s")
+            return {
+                "events": st.get("events"), "events_per_s": rate, "share_of_iterate": rate / result["rates"]["iterate"],
+                "busy_s": st.get("busy_s"), "busy_cpu_s": st.get("busy_cpu_s"), "batches": st.get("batches"),
+                "per_event": per_event(st),
+                "process_cpu_us_per_event": None if cpu is None else 1e6 * cpu / events_after_first,
+                "latency_s": st.get("latency_s"),
             }
-            log(f"(c) worker {flags or '(defaults)'}: {rate:,.0f} events/s, busy {st.get('busy_s')}")
 
-        best = max(result["workers"], key=lambda f: result["workers"][f]["events_per_s"])
-        result["best_flags"] = best
+        for flags in args.configs:
+            st = workers(flags, base.interactions_topic, None)[0]
+            result["workers"][flags or "(defaults)"] = summary(st)
+            w = result["workers"][flags or "(defaults)"]
+            log(f"(c) worker {flags or '(defaults)'}: {w['events_per_s']:,.0f} events/s, CPU us/event {w['per_event']}")
+
+        one = result["workers"]["(defaults)"]["events_per_s"]
         result["latency"] = {}
-        for flags in dict.fromkeys(["(defaults)", best]):
-            rate = result["workers"][flags]["events_per_s"] / 2
-            topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
+        rate = one / 2
+        topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
+        ensure_topics(base.replace(interactions_topic=topic))
+        st = workers("", topic, rate)[0]
+        lat = st.get("latency_s") or {}
+        result["latency"]["(defaults)"] = {"offered_rate": rate, **lat}
+        log(f"latency (defaults) at {rate:,.0f} events/s: {lat}")
+
+        if args.pair:
+            topic = f"bench-pair-{uuid.uuid4().hex[:6]}"
             ensure_topics(base.replace(interactions_topic=topic))
-            st = worker("" if flags == "(defaults)" else flags, topic, rate)
-            lat = st.get("latency_s") or {}
-            result["latency"][flags] = {"offered_rate": rate, **{k: v for k, v in lat.items()}}
-            log(f"latency {flags} at {rate:,.0f} events/s: {lat}")
+            pair = workers("", topic, None, count=2)
+            firsts = [p_["first_batch_at"] for p_ in pair if p_.get("first_batch_at")]
+            lasts = [p_["last_batch_at"] for p_ in pair if p_.get("last_batch_at")]
+            total = sum(int(p_.get("events") or 0) for p_ in pair)
+            combined = total / (max(lasts) - min(firsts)) if firsts and lasts and max(lasts) > min(firsts) else 0.0
+            result["pair"] = {"workers": [summary(p_) for p_ in pair], "events": total, "events_per_s": combined,
+                              "speedup_vs_one": combined / one if one else None}
+            log(f"(d) 2 workers: {combined:,.0f} events/s together ({combined / one:.2f}x one worker)")
+            topic = f"bench-pair-paced-{uuid.uuid4().hex[:6]}"
+            ensure_topics(base.replace(interactions_topic=topic))
+            paced = workers("", topic, combined / 2, count=2)
+            result["pair"]["latency"] = {"offered_rate": combined / 2,
+                                         "workers": [{"events": p_.get("events"), **(p_.get("latency_s") or {})}
+                                                     for p_ in paced]}
+            log(f"(d) latency at {combined / 2:,.0f} events/s: {result['pair']['latency']}")
         result["load_during_throughput"] = load.summary()
 
     if not args.skip_demo:
@@ -230,7 +366,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"demo: {result['demo']}")
     load.__exit__()
     result["load_average"] = load.summary()
+    result["uptime_after"] = uptime()
     return result
+
+
+def uptime() -> str:
+    """``uptime``'s line (the load averages), or the load averages alone where it is missing."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def demo_start(ckpt: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -265,12 +417,21 @@ def demo_start(ckpt: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
     }
 
 
+def _ms(v: float | None) -> str:
+    return f"{v * 1000:.0f}" if v is not None else "n/a"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
 def markdown(r: dict[str, Any]) -> str:
     it = r["rates"]["iterate"]
     lines = [
-        "# Stream throughput (issue 5 Targets)", "",
+        "# Stream throughput (issues 5 and 14)", "",
         f"- date: {r['date']}; command: `{r['command']}`",
         f"- machine: {r['machine']['nproc']} cores, {r['machine']['cpu']}; Python {r['machine']['python']}",
+        f"- `uptime` before: {r.get('uptime_before', 'n/a')}; after: {r.get('uptime_after', 'n/a')}",
         f"- load average (1 min) during the run: min {r['load_average']['min']:.2f}, mean "
         f"{r['load_average']['mean']:.2f}, max {r['load_average']['max']:.2f} (other jobs share the machine)",
         f"- backlog: {r['events']} Foursquare NYC events, 4 partitions, one embedded Tansu broker; {r['model']}", "",
@@ -280,12 +441,59 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for flags, w in r["workers"].items():
         lines.append(f"| (c) hailstream worker `{flags}` | {w['events_per_s']:,.0f} | {w['share_of_iterate']:.0%} |")
-    lines += ["", f"Best flags: `{r['best_flags']}`.", "", "| worker flags | offered events/s | p50 ms | p99 ms | max ms |",
-              "|---|---:|---:|---:|---:|"]
+    pair = r.get("pair")
+    if pair:
+        for n, w in enumerate(pair["workers"]):
+            lines.append(f"| (d) worker {n + 1} of 2 (defaults), {w['events']} events | {w['events_per_s']:,.0f} | "
+                         f"{w['share_of_iterate']:.0%} |")
+        lines.append(f"| (d) both workers together | {pair['events_per_s']:,.0f} | {pair['events_per_s'] / it:.0%} |")
+    lines += ["", "| latency run | offered events/s | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
     for flags, lat in r["latency"].items():
-        def ms(key: str, lat: dict[str, Any] = lat) -> str:
-            return f"{lat[key] * 1000:.0f}" if lat.get(key) is not None else "n/a"
-        lines.append(f"| `{flags}` | {lat['offered_rate']:,.0f} | {ms('p50')} | {ms('p99')} | {ms('max')} |")
+        lines.append(f"| one worker `{flags}` | {lat['offered_rate']:,.0f} | {_ms(lat.get('p50'))} | "
+                     f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} |")
+    if pair and "latency" in pair:
+        for n, lat in enumerate(pair["latency"]["workers"]):
+            lines.append(f"| (d) worker {n + 1} of 2 ({lat.get('events')} events) | "
+                         f"{pair['latency']['offered_rate']:,.0f} (both) | {_ms(lat.get('p50'))} | "
+                         f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} |")
+    lines += ["", "Microseconds per event by phase (CPU of the batch thread; send: wall time of the event loop; "
+              "process: the worker's whole CPU from its first batch on, all threads):", "",
+              "| worker | prepare | inference (per peer) | baselines | finish | send (wall) | process CPU |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [(f"`{flags}`", w) for flags, w in r["workers"].items()]
+    if pair:
+        rows += [(f"(d) worker {n + 1} of 2", w) for n, w in enumerate(pair["workers"])]
+    for name, w in rows:
+        pe = w["per_event"]
+        cpu, wall = pe["cpu_us"], pe["wall_us"]
+        proc = w.get("process_cpu_us_per_event")
+        lines.append(f"| {name} | {cpu.get('prepare', 0):.0f} | {cpu.get('inference', 0):.0f} "
+                     f"({pe['inference_cpu_us_per_peer']:.0f}) | {cpu.get('baselines', 0):.0f} | {cpu.get('finish', 0):.0f} | "
+                     f"{wall.get('send', 0):.0f} | {proc:.0f} |" if proc is not None else
+                     f"| {name} | {cpu.get('prepare', 0):.0f} | {cpu.get('inference', 0):.0f} | "
+                     f"{cpu.get('baselines', 0):.0f} | {cpu.get('finish', 0):.0f} | {wall.get('send', 0):.0f} | n/a |")
+    m = r.get("memory")
+    if m:
+        def b(v: float | None) -> str:
+            return f"{v:,.0f} B" if v is not None else "n/a"
+        lines += ["", f"Memory per user ({m['events']} events in-process, {m['users']} users, {m['full_users']} with a full "
+                  f"sequence of {m['max_seq_len']} items): table state {b(m['table_json_bytes_per_full_user'])} as JSON "
+                  f"(stored and changelogged), {b(m['table_python_bytes_per_full_user'])} as Python objects; "
+                  f"incremental-inference cache ({m['incremental_model']}, {m['incremental_cache_entries']} sequences): "
+                  f"{b(m['incremental_cache_bytes_per_sequence'])} per cached sequence."]
+    d0 = r["workers"]["(defaults)"]
+    lat0 = r["latency"]["(defaults)"]
+    inf = d0["per_event"]["inference_cpu_us_per_peer"]
+    speedup = pair["speedup_vs_one"] if pair else None
+    lines += ["", "| target (issue 14) | measured | |", "|---|---:|---|",
+              f"| worker >= 50% of (a) | {d0['share_of_iterate']:.0%} | {_verdict(d0['share_of_iterate'] >= 0.5)} |",
+              f"| p50 <= 30 ms at half the worker's rate | {_ms(lat0.get('p50'))} ms | "
+              f"{_verdict(None if lat0.get('p50') is None else lat0['p50'] <= 0.030)} |",
+              f"| p99 <= 100 ms at half the worker's rate | {_ms(lat0.get('p99'))} ms | "
+              f"{_verdict(None if lat0.get('p99') is None else lat0['p99'] <= 0.100)} |",
+              f"| inference <= 60 us CPU / event / peer | {inf:.0f} us | {_verdict(inf <= 60)} |",
+              f"| 2 workers >= 1.6x one | {'n/a' if speedup is None else f'{speedup:.2f}x'} | "
+              f"{_verdict(None if speedup is None else speedup >= 1.6)} |"]
     if "demo" in r:
         d = r["demo"]
         def sec(v: float | None) -> str:
@@ -293,10 +501,6 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"Demo (`{d['command']}`, embedded broker): first published prediction after "
                   f"{sec(d['first_prediction_s_demo_clock'])} on the demo's clock, {sec(d['first_prediction_s_from_spawn'])} "
                   f"from process spawn (1 s resolution); whole run {d['wall_s']:.0f} s, complete={d['complete']}."]
-    lines += ["", "Worker busy seconds by phase (from its stats):", ""]
-    for flags, w in r["workers"].items():
-        busy = ", ".join(f"{k} {v:.1f}" for k, v in (w.get("busy_s") or {}).items())
-        lines.append(f"- `{flags}`: {busy} ({w.get('batches')} batches)")
     return "\n".join(lines) + "\n"
 
 
@@ -308,10 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=20000, help="backlog size for the throughput runs")
-    ap.add_argument("--latency-events", type=int, default=6000, help="events published at half rate for latency")
+    ap.add_argument("--latency-events", type=int, default=4000, help="events published at half rate for latency")
     ap.add_argument("--configs", nargs="*", default=list(DEFAULT_CONFIGS), help="worker flag strings ('' = defaults)")
     ap.add_argument("--demo-limit", type=int, default=1000)
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--no-pair", dest="pair", action="store_false", help="skip the 2-worker runs (d)")
+    ap.add_argument("--memory-events", type=int, default=20000, help="events replayed in-process for memory per user")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per step")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_throughput")
     args = ap.parse_args(argv)

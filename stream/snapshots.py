@@ -69,6 +69,8 @@ class WorkerSnapshot(_Snapshot):
     last_batch_at: float | None = None
     events_per_s: float | None = None
     busy_s: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds per phase of the batch thread (``busy_s`` is wall time; "send" has no CPU entry)
+    busy_cpu_s: dict[str, float] = field(default_factory=dict)
     written_at: float = 0.0
     latency_s: dict[str, float | None] = field(default_factory=dict)
     prequential: dict[str, dict[str, Any]] = field(default_factory=dict)

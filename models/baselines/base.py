@@ -144,7 +144,10 @@ class Baseline:
     # -- state -------------------------------------------------------------------------------
     def _reset(self) -> None:
         self._counts = np.zeros(1, dtype=np.float64)  # row 0 = padding, never counted
+        # user -> last item, tagged with the item's generation (see _tag): an index that was
+        # forgotten and handed to another item no longer counts as anybody's last item
         self._last: dict[Hashable, int] = {}
+        self._generation: dict[int, int] = {}  # item -> times forgotten (absent = 0); bounded by the rows
         self._max_count = 0.0
         self._popular = RankedItems()  # all-time order: the fill-up of every fast prediction
 
@@ -173,15 +176,36 @@ class Baseline:
         self._counts[item] += 1.0
         self._max_count = max(self._max_count, self._counts[item])
         self._popular.touch(item)
-        self._last[user] = item
+        gen = self._generation.get(item)
+        # One int either way (no tuple per user): the generation rides above bit 32.
+        self._last[user] = item if gen is None else item | (gen << 32)
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         """Subclass hook, called before the shared counts and the user's last item are updated."""
+
+    def _previous(self, user: Hashable) -> int | None:
+        """The user's last learned item, or None (no event, or its index was forgotten since)."""
+        tagged = self._last.get(user)
+        if tagged is None:
+            return None
+        item = tagged & 0xFFFFFFFF
+        return item if tagged >> 32 == self._generation.get(item, 0) else None
 
     def forget(self, user: Hashable) -> None:
         """Drop everything kept about ``user`` (a bounded online state evicts its least recent
         users); the item statistics stay. Subclasses with per-user state extend it."""
         self._last.pop(user, None)
+
+    def forget_item(self, item: int) -> None:
+        """Drop everything kept about item index ``item``, so that the index can be handed to a
+        new item (a bounded vocabulary recycles its least recently seen item's index): its counts
+        go to 0 and it is nobody's last item any more. Subclasses with item state extend it."""
+        item = int(item)
+        if not 1 <= item < self.n_rows:
+            return
+        self._counts[item] = 0.0
+        self._popular.touch(item)
+        self._generation[item] = self._generation.get(item, 0) + 1
 
     def fit_events(self: B, pairs: Iterable[tuple[Hashable, int]]) -> B:
         """Learn ``(user, item)`` pairs in order, on top of the current state; returns self."""
@@ -221,7 +245,7 @@ class Baseline:
 
     def _last_item(self, user: Hashable, history: History | None) -> int | None:
         if history is None:
-            return self._last.get(user)
+            return self._previous(user)
         return int(history[-1]) if len(history) else None
 
     def _fit_width(self, histories: Sequence[History | None]) -> None:

@@ -42,6 +42,19 @@ class DecayedFrequency(Baseline):
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         self._visits.setdefault(user, []).append(item)
 
+    def forget(self, user: Hashable) -> None:
+        super().forget(user)
+        self._visits.pop(user, None)
+
+    def forget_item(self, item: int) -> None:
+        # Visits are plain lists: O(every user's visits). The stream worker does not run this
+        # baseline; offline tables never forget items.
+        item = int(item)
+        for user, visits in self._visits.items():
+            if item in visits:
+                self._visits[user] = [i for i in visits if i != item]
+        super().forget_item(item)
+
     def weights(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """``(items, decayed counts)`` of one history (oldest first)."""
         h = np.asarray(history, dtype=np.int64)

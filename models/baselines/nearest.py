@@ -68,6 +68,12 @@ class NearestDistance(Baseline):
         if lat is not None and lon is not None and np.isnan(self._coords[item, 0]):
             self._coords[item] = (lat, lon)
 
+    def forget_item(self, item: int) -> None:
+        item = int(item)
+        if 1 <= item < self._coords.shape[0]:
+            self._coords[item] = np.nan  # the next item on this index brings its own coordinates
+        super().forget_item(item)
+
     def _score_rows(self, users: Sequence[Hashable], histories: Sequence[History | None]) -> np.ndarray:
         n = self.n_rows
         pop = self._pop_frac()

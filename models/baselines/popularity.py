@@ -52,6 +52,16 @@ class Popularity(Baseline):
         self._window_counts[item] += 1.0
         self._window_rank.touch(item)
 
+    def forget_item(self, item: int) -> None:
+        item = int(item)
+        if 1 <= item < self.n_rows and self._window_counts[item]:
+            # Only when the vocabulary is smaller than the window (a bounded vocabulary evicts its
+            # least recently seen item, in the window only if every item is): O(window), rare.
+            self._recent = deque(i for i in self._recent if i != item)
+            self._window_counts[item] = 0.0
+            self._window_rank.touch(item)
+        super().forget_item(item)
+
     def _window_key(self, item: int) -> int:
         # The row is window count + all-time count / (max + 1): lexicographic in (window count,
         # all-time count) as long as counts stay below 2**26, so one integer key orders it.
@@ -61,6 +71,14 @@ class Popularity(Baseline):
         if self.window is None:
             return self._popular_order(k)
         return self._window_rank.top(self.n_rows, self._window_key, k)
+
+    def score_of(self, item: int) -> float:
+        """``item``'s entry of the score row (what :meth:`scores` gives it), without the row."""
+        item = int(item)
+        count = float(self._counts[item]) if 0 < item < self.n_rows else 0.0
+        if self.window is None:
+            return count
+        return float(self._window_counts[item]) + count / (self._max_count + 1.0)
 
     def _row(self) -> np.ndarray:
         if self.window is None:

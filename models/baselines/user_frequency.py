@@ -20,21 +20,39 @@ class UserFrequency(Baseline):
         super()._reset()
         self._step = 0
         self._user_items: dict[Hashable, dict[int, list[int]]] = {}  # item -> [count, last step]
+        # item -> the step it was forgotten at: a user's entry counted before it is another item's
+        # (checked lazily; finding every user holding the index would cost a scan of all users)
+        self._forgotten_at: dict[int, int] = {}
 
     def forget(self, user: Hashable) -> None:
         super().forget(user)
         self._user_items.pop(user, None)
 
+    def forget_item(self, item: int) -> None:
+        super().forget_item(item)
+        self._forgotten_at[int(item)] = self._step
+
+    def _stale(self, item: int, last_step: int) -> bool:
+        return last_step <= self._forgotten_at.get(item, -1)
+
+    def _own(self, user: Hashable) -> dict[int, list[int]]:
+        own = self._user_items.get(user, {})
+        if self._forgotten_at:
+            own = {i: st for i, st in own.items() if not self._stale(i, st[1])}
+        return own
+
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         self._step += 1
         stats = self._user_items.setdefault(user, {}).setdefault(item, [0, 0])
+        if self._forgotten_at and self._stale(item, stats[1]):
+            stats[0] = 0
         stats[0] += 1
         stats[1] = self._step
 
     def _evidence(self, user: Hashable, hist: History | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(items, counts, last seen) of the user's own items."""
         if hist is None:
-            own = self._user_items.get(user, {})
+            own = self._own(user)
             items = np.fromiter(own.keys(), dtype=np.int64, count=len(own))
             stats = np.array(list(own.values()), dtype=np.int64).reshape(-1, 2)
             return items, stats[:, 0], stats[:, 1]
@@ -49,7 +67,7 @@ class UserFrequency(Baseline):
         # The user's items score m+1..2, above every popularity fraction: they come first, in
         # (count desc, last seen desc) order, and popular items fill the rest.
         if history is None:
-            own = self._user_items.get(user, {})
+            own = self._own(user)
             stats = {i: (c, seen) for i, (c, seen) in own.items()}
         else:
             stats = {}

@@ -51,6 +51,13 @@ class WorkerSettings(BaseModel):
         200_000, description="per-user states kept in memory; the least recently updated beyond it are dropped "
         "(they start cold again); 0 = unbounded"
     )
+    baseline_max_items: int = Field(
+        50_000, description="items the baselines keep counts and transitions for; a new item beyond it takes the "
+        "least recently seen one's place; 0 = unbounded"
+    )
+    baseline_max_next: int = Field(
+        32, description="successors the Markov baseline keeps per item (the least frequent goes); 0 = unbounded"
+    )
     epoch_refresh: float = Field(5.0, description="seconds between two reads of the input topic's epoch (0 = at start only)")
     web_bind: str = Field("127.0.0.1", description="Faust web server address (the server stays off)")
     web_port: int = Field(6066, description="Faust web server port")
@@ -77,6 +84,8 @@ class WorkerSettings(BaseModel):
             raise SettingsError(
                 f"HAILSTREAM_BATCH_TIMEOUT (batch_timeout) must be a finite number of seconds >= 0, got {self.batch_timeout!r}"
             )
+        if self.baseline_max_items < 0 or self.baseline_max_next < 0:
+            raise SettingsError("HAILSTREAM_BASELINE_MAX_ITEMS and HAILSTREAM_BASELINE_MAX_NEXT must be >= 0 (0 = unbounded)")
         if self.max_users < 0 or not (math.isfinite(self.epoch_refresh) and self.epoch_refresh >= 0):
             raise SettingsError("HAILSTREAM_MAX_USERS must be >= 0 (0 = unbounded) and HAILSTREAM_EPOCH_REFRESH >= 0")
         for name in ("web_port", "metrics_port"):

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from models.baselines import Baseline, Markov, Popularity, UserFrequency
+from models.capacity import ItemCapacity
 from models.hail import HAIL
 from models.incremental import IncrementalScorer
-from models.metrics import top_k_row
 from models.trainer import left_pad
 from models.vocab import ItemVocab
 from stream.errors import StreamError
@@ -231,12 +231,31 @@ class OnlineBaselines:
     """Popularity (last ``popularity_window`` events), Markov and user-frequency baselines that
     learn from every event and predict per event, for the prequential comparison.
 
-    Items are mapped through the baselines' own growing :class:`ItemVocab`, so they know every item
-    the stream has shown, including those the live model has never seen. ``sample_every`` > 1
-    predicts only for users whose id hashes into a 1-in-``sample_every`` sample (learning still
-    sees every event): baseline prediction costs a full score row per event, the sample keeps it
-    off the hot path on big streams. The last prediction per user and baseline is kept here
-    (:meth:`previous`) so the next event of that user can be scored against it.
+    Items are mapped through the baselines' own vocabulary, so they know every item the stream
+    has shown, including those the live model has never seen. ``sample_every`` > 1 predicts only
+    for users whose id hashes into a 1-in-``sample_every`` sample (learning still sees every
+    event). The last prediction per user and baseline is kept here (:meth:`previous`) so the next
+    event of that user can be scored against it.
+
+    Bounded state and O(1) work per event, whatever the stream's length:
+
+    - ``max_users`` (0 = unbounded): per-user state of the least recently seen users beyond it is
+      dropped (they start cold again);
+    - ``max_items`` (0 = unbounded): the vocabulary keeps that many items; a new item beyond it
+      takes the index of the least recently seen one (:class:`models.capacity.ItemCapacity`),
+      whose counts and transitions are forgotten first (``forget_item``);
+    - ``max_next`` (0 = unbounded): successors kept per item by the Markov baseline (the least
+      frequent goes, see :class:`models.baselines.Markov`);
+    - a prediction ranks only evidence items (the user's history, at most ``max_next``
+      successors) and takes the rest from incrementally sorted popularity orders
+      (:class:`models.baselines.RankedItems`), never a sort of the vocabulary; so does
+      :meth:`popular`.
+
+    >>> b = OnlineBaselines(popularity_window=10, max_items=2, max_next=1)
+    >>> for user, item in [("u", "a"), ("u", "b"), ("u", "a"), ("v", "c")]:   # "c" takes b's index
+    ...     b.learn_one(user, item)
+    >>> len(b.vocab), "b" in b.vocab, b.predict_one("u", ["a", "b"], k=2)["markov"]
+    (2, False, ['a', 'c'])
     """
 
     def __init__(
@@ -245,16 +264,24 @@ class OnlineBaselines:
         names: Sequence[str] = BASELINE_NAMES,
         sample_every: int = 1,
         max_users: int = 0,
+        max_items: int = 0,
+        max_next: int = 0,
     ) -> None:
         unknown = sorted(set(names) - set(BASELINE_NAMES))
         if unknown:
             raise StreamError(f"unknown baselines {unknown}; choose from {BASELINE_NAMES}")
         if sample_every < 1:
             raise StreamError(f"sample_every must be >= 1 (1 = every user), not {sample_every}")
-        self.vocab = ItemVocab()
+        if max_users < 0 or max_items < 0 or max_next < 0:
+            raise StreamError(f"max_users, max_items and max_next must be >= 0 (0 = unbounded), not "
+                              f"{max_users}, {max_items}, {max_next}")
+        self._items = ItemCapacity(capacity=max_items or None)
+        self.vocab: ItemVocab = self._items.vocab
+        self.max_items = max_items
         self.sample_every = sample_every
         self._popularity = Popularity(window=popularity_window)
-        made: dict[str, Baseline] = {"popularity": self._popularity, "markov": Markov(), "user-frequency": UserFrequency()}
+        made: dict[str, Baseline] = {"popularity": self._popularity, "markov": Markov(max_next or None),
+                                     "user-frequency": UserFrequency()}
         self._models = {n: made[n] for n in names}
         # Fallback popularity is used even when "popularity" is not one of the compared names.
         self._learners = list(self._models.values())
@@ -282,7 +309,11 @@ class OnlineBaselines:
 
     def learn_one(self, user: str, item: str, lat: float | None = None, lon: float | None = None) -> None:
         """Learn one event (in stream order)."""
-        idx = self.vocab.add(item)
+        admission = self._items.observe(item)
+        idx = admission.index
+        if admission.evicted is not None:
+            for m in self._learners:
+                m.forget_item(idx)
         for m in self._learners:
             m.learn_one(user, idx, lat, lon)
         self._events += 1
@@ -322,9 +353,9 @@ class OnlineBaselines:
         if self._events == 0:
             answer: Ranked = ([], [])
         else:
-            row = self._popularity.scores(np.zeros(1, dtype=np.int64), [np.zeros(0, dtype=np.int64)])[0].numpy()
-            top = top_k_row(row, k)
-            answer = (self.vocab.ids_of(top), [float(row[i]) for i in top])
+            pop = self._popularity
+            top = pop.predict_one(None, None, k)  # the incrementally sorted order: O(k), not a row sort
+            answer = (self.vocab.ids_of(top), [pop.score_of(i) for i in top])
         self._popular_cache = (self._events, k, answer)
         return answer
 

@@ -89,8 +89,9 @@ def build_runtime(
     """A :class:`WorkerRuntime` with fresh baselines and prequential scorers. When the recommender
     has no cold-start fallback, the baselines' recent popularity becomes it. With ``metrics``, the
     batches are observed (metrics, drift detection) and announced versions are hot-swapped in."""
-    online = (OnlineBaselines(popularity_window, sample_every=baseline_sample_every,
-                              max_users=settings.worker.max_users) if baselines else None)
+    ws = settings.worker
+    online = (OnlineBaselines(popularity_window, sample_every=baseline_sample_every, max_users=ws.max_users,
+                              max_items=ws.baseline_max_items, max_next=ws.baseline_max_next) if baselines else None)
     if online is not None and recommender.fallback is None:
         recommender.fallback = online.popular
     preq = new_prequential(settings.top_k, online, prequential_window)
@@ -103,7 +104,6 @@ def build_runtime(
         executor=ThreadPoolExecutor(1, thread_name_prefix="hailstream-batch") if offload else None,
     )
     if metrics is not None:
-        ws = settings.worker
         drift = DriftMonitor.configured(ws.adwin_delta, ws.drift_min_drop, ws.drift_min_effect, ws.drift_persistence)
         runtime.monitor = WorkerMonitor(metrics, preq, drift)
         guard = None

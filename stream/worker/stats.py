@@ -39,6 +39,7 @@ class WorkerStats:
         self.last_batch_at: float | None = None
         self.first_batch_events = 0
         self.busy: dict[str, float] = {}
+        self.busy_cpu: dict[str, float] = {}
         self._latencies: deque[float] = deque(maxlen=latency_window)
 
     def add(self, result: BatchResult) -> None:
@@ -55,6 +56,8 @@ class WorkerStats:
         self.batches += 1
         for phase, seconds in s.seconds.items():
             self.add_busy(phase, seconds)
+        for phase, seconds in s.cpu_seconds.items():
+            self.busy_cpu[phase] = self.busy_cpu.get(phase, 0.0) + seconds
         self.last_batch_at = time.time()
         if self.first_batch_at is None:
             self.first_batch_at, self.first_batch_events = self.last_batch_at, s.events
@@ -103,6 +106,7 @@ class WorkerStats:
             "last_batch_at": self.last_batch_at,
             "events_per_s": self.events_per_second,
             "busy_s": dict(self.busy),
+            "busy_cpu_s": dict(self.busy_cpu),
             "written_at": now,
             "latency_s": self.latency(),
             "prequential": {name: p.summary() for name, p in self.prequential.items()},
