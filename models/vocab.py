@@ -62,7 +62,12 @@ class ItemVocab:
 
     def ids_of(self, indices: Sequence[int] | np.ndarray) -> list[str]:
         """External ids of many indices."""
-        return [self.id_of(int(i)) for i in indices]
+        ids = self._ids
+        idx = indices.tolist() if isinstance(indices, np.ndarray) else [int(i) for i in indices]
+        if idx and not 1 <= min(idx) <= max(idx) < len(ids):  # one check for the lot (a per-event path)
+            bad = next(i for i in idx if not 1 <= i < len(ids))
+            raise ModelsError(f"item index {bad} is outside the vocabulary (1..{len(ids) - 1})")
+        return [ids[i] for i in idx]
 
     def __contains__(self, item: object) -> bool:
         return item in self._index

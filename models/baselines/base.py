@@ -269,7 +269,8 @@ class Baseline:
 
         Equal to ranking the full score row (:meth:`predict_one_full`), without building it."""
         if history is not None and len(history):
-            self._grow(int(max(history)) + 1)
+            top = int(history.max()) if isinstance(history, np.ndarray) else int(max(history))
+            self._grow(top + 1)
         k = max(0, min(int(k), self.n_rows - 1))
         if k == 0:
             return []
@@ -301,10 +302,16 @@ class Baseline:
         few items: the evidence items rank first (scored exactly as the row scores them), then the
         popular items fill up."""
         n = len(evidence)
-        items = np.fromiter(evidence.keys(), dtype=np.int64, count=n)
-        scores = self._counts[items] / (self._max_count + 1.0)
-        scores += np.fromiter(evidence.values(), dtype=np.float64, count=n)
-        ranked = _top_of(items, scores, k)
+        if n <= 64:  # the common case (a capped Markov row): plain Python beats numpy's per-call cost
+            counts, scale = self._counts, self._max_count + 1.0
+            # The same float64 arithmetic as the row: count / (max + 1) + evidence.
+            scored = sorted((-(float(counts[i]) / scale + c), i) for i, c in evidence.items())
+            ranked = [i for _, i in scored[:k]]
+        else:
+            items = np.fromiter(evidence.keys(), dtype=np.int64, count=n)
+            scores = self._counts[items] / (self._max_count + 1.0)
+            scores += np.fromiter(evidence.values(), dtype=np.float64, count=n)
+            ranked = _top_of(items, scores, k)
         if n < k:
             ranked += [i for i in self._popular_order(k + n) if i not in evidence][: k - n]
         return ranked

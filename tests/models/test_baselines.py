@@ -270,3 +270,79 @@ def test_every_old_import_path_still_works() -> None:
     for name in ("Baseline", "Popularity", "Markov", "UserFrequency", "NearestDistance", "RankedItems",
                  "DecayedFrequency", "default_baselines", "haversine_km", "training_events", "EARTH_RADIUS_KM"):
         assert name in b.__all__ and hasattr(b, name)
+
+
+def _markov_reference(events: list[tuple[str, int]], last: int, k: int) -> list[int]:
+    """The unbounded first-order Markov ranking, computed from scratch: successor count of the
+    same user's transitions, then all-time count, then index (the previous implementation's order)."""
+    prev: dict[str, int] = {}
+    trans: Counter[int] = Counter()
+    counts: Counter[int] = Counter()
+    for user, item in events:
+        if prev.get(user) == last:
+            trans[item] += 1
+        prev[user] = item
+        counts[item] += 1
+    rows = max(counts) + 1
+    return sorted(range(1, rows), key=lambda i: (-trans[i], -counts[i], i))[:k]
+
+
+def test_markov_with_a_cap_that_is_not_hit_ranks_exactly_like_the_unbounded_table() -> None:
+    ev = toy_events(400, n_users=15, n_items=30, seed=3)
+    ids: dict[str, int] = {}
+    stream = [(str(u), ids.setdefault(str(i), len(ids) + 1)) for u, i in zip(ev.users.tolist(), ev.items.tolist(), strict=True)]
+    free = Markov()
+    free.fit_events(stream)
+    widest = max(len(free.successors(i)) for i in range(1, free.n_rows))
+    assert widest >= 5  # the cap below is reached exactly, never exceeded
+    capped = Markov(max_next=widest)
+    for n, (user, item) in enumerate(stream):
+        capped.learn_one(user, item)
+        if n % 7 == 0:
+            for k in (1, 10, 40):
+                want = _markov_reference(stream[: n + 1], item, k)
+                assert capped.predict_one(user, [item], k) == want, (n, k)
+                assert capped.predict_one(user, None, k) == want
+    assert capped.n_transitions == free.n_transitions
+
+
+def test_markov_cap_bounds_the_table_and_evicts_the_least_frequent_successor() -> None:
+    m = Markov(max_next=3)
+    # After item 1: 2 four times, 3 twice, then 30 single, new successors.
+    stream = []
+    for n, succ in enumerate([2, 2, 3, 2, 3, 2, *range(10, 40)]):
+        stream += [(f"u{n}", 1), (f"u{n}", succ)]
+    m.fit_events(stream)
+    row = m.successors(1)
+    assert len(row) == 3 and row[2] == 4 and row[3] == 2  # the frequent ones survive the churn
+    assert list(row)[-1] == 39  # the newest single one holds the last place
+    assert m.n_transitions <= 3 * (m.n_rows - 1)
+    assert m.predict_one("x", [1], 4) == m.predict_one_full("x", [1], 4) == [2, 3, 39, 1]
+    with pytest.raises(ModelsError, match="max_next"):
+        Markov(max_next=0)
+
+
+def test_forget_item_removes_every_trace_of_the_index() -> None:
+    ev = toy_events(300, seed=5)
+    ids: dict[str, int] = {}
+    stream = [(str(u), ids.setdefault(str(i), len(ids) + 1)) for u, i in zip(ev.users.tolist(), ev.items.tolist(), strict=True)]
+    coords = np.column_stack([40.7 + np.arange(len(ids) + 1) * 1e-3, np.full(len(ids) + 1, -74.0)])
+    gone = stream[-1][1]  # some users' last item, and a successor and predecessor of others
+    for m in [*all_baselines(coords), Markov(max_next=4)]:
+        m.fit_events(stream)
+        m.forget_item(gone)
+        assert m._counts[gone] == 0
+        for user in {u for u, _ in stream}:
+            assert m._previous(user) != gone
+            assert m.predict_one(user, None, 10) == m.predict_one_full(user, None, 10), type(m).__name__
+        if isinstance(m, Markov):
+            assert not m.successors(gone) and all(gone not in m.successors(i) for i in range(1, m.n_rows))
+            assert gone not in m._preds and all(gone not in p for p in m._preds.values())
+        if isinstance(m, Popularity) and m.window is not None:
+            assert gone not in m._recent and m._window_counts[gone] == 0
+        # The index taken by a new item starts from nothing: one event = one count.
+        m.learn_one("newcomer", gone)
+        assert m._counts[gone] == 1
+        if isinstance(m, UserFrequency):
+            assert m.predict_one("newcomer", None, 1) == [gone]
+            assert all(m._own(u).get(gone, [0])[0] <= 1 for u in {u for u, _ in stream})
