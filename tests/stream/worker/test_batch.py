@@ -221,3 +221,23 @@ def test_plain_tuples_are_accepted():
     out = process_batch([(raw("u", "a"), "in", 1, 7)], {}.get, EchoRecommender(), None, new_prequential(3), SETTINGS)
     assert Prediction.from_json(out.predictions[0][1]).event_id == "in:1:7"
     assert out.updates["u"].partition == 1 and out.updates["u"].value["off"] == [1, 7]
+
+
+def test_batch_stats_time_the_baselines_as_their_own_phase_in_wall_and_cpu_seconds():
+    from stream.worker.stats import WorkerStats
+
+    raws = [raw(u, i) for u, i in random_events(300, users=40, items=60)]
+    b = OnlineBaselines(popularity_window=50)
+    (out,), _, preq = run([sources(raws)], baselines=b)
+    phases = ("prepare", "inference", "baselines", "finish")
+    assert tuple(out.stats.seconds) == phases and tuple(out.stats.cpu_seconds) == phases
+    assert all(v >= 0 for v in (*out.stats.seconds.values(), *out.stats.cpu_seconds.values()))
+    assert out.stats.seconds["baselines"] > 0 and out.stats.cpu_seconds["baselines"] > 0  # 300 learn + predict
+    (bare,), _, _ = run([sources(raws)])
+    assert bare.stats.seconds["baselines"] == 0 == bare.stats.cpu_seconds["baselines"]
+    stats = WorkerStats(preq)
+    stats.add(out)
+    stats.add(out)
+    d = stats.to_dict()
+    assert d["busy_cpu_s"]["baselines"] == pytest.approx(2 * out.stats.cpu_seconds["baselines"])
+    assert set(d["busy_s"]) == set(phases)

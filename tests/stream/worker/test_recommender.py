@@ -1,5 +1,6 @@
 import threading
 
+import numpy as np
 import pytest
 
 from models.hail import HAIL, HailConfig
@@ -148,3 +149,86 @@ def test_length_buckets_give_the_same_answers(vocab):
         assert i1 == i3 and s1 == pytest.approx(s3, abs=1e-5)
     with pytest.raises(StreamError):
         OnlineRecommender(model, vocab, "v", length_buckets=0)
+
+
+def _replay(b, events, k=10, max_len=50):
+    """Learn and predict per event as the worker does; every baseline's top-k and the popular list."""
+    seen, out = {}, []
+    for user, item in events:
+        hist = seen.setdefault(user, [])
+        hist.append(item)
+        del hist[:-max_len]
+        b.learn_one(user, item)
+        out.append((b.predict_one(user, hist, k), b.popular(k)))
+    return out
+
+
+def _stream(n, users, items, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(f"u{u}", f"i{i}") for u, i in zip(rng.integers(0, users, n), rng.zipf(1.3, n) % items, strict=True)]
+
+
+def test_caps_that_are_not_hit_change_no_prediction():
+    events = _stream(3000, users=60, items=400, seed=1)
+    free = OnlineBaselines(popularity_window=200)
+    reference = _replay(free, events)
+    markov = free.baseline("markov")
+    widest = max(len(markov.successors(i)) for i in range(1, markov.n_rows))
+    assert widest > 3  # the caps below are reached exactly (not exceeded): nothing may change
+    capped = OnlineBaselines(popularity_window=200, max_items=len(free.vocab), max_next=widest, max_users=60)
+    assert _replay(capped, events) == reference
+
+
+def test_popular_equals_ranking_the_full_row():
+    from models.metrics import top_k_row
+
+    b = OnlineBaselines(popularity_window=50)
+    for n, (user, item) in enumerate(_stream(600, users=20, items=80, seed=2)):
+        b.learn_one(user, item)
+        if n % 25 == 0:
+            pop = b._popularity
+            row = pop.scores(np.zeros(1, dtype=np.int64), [np.zeros(0, dtype=np.int64)])[0].numpy()
+            top = top_k_row(row, 7)
+            assert b.popular(7) == (b.vocab.ids_of(top), [float(row[i]) for i in top])
+
+
+def test_state_stays_bounded_when_the_caps_are_hit():
+    b = OnlineBaselines(popularity_window=100, max_users=40, max_items=60, max_next=4)
+    # 80% of the events by 10 regular users, the rest by 2,000 others; 60% on 30 hot items (their
+    # Markov rows fill up), the rest on 5,000 rare ones (they keep the vocabulary recycling)
+    rng = np.random.default_rng(4)
+    events = [(f"u{rng.integers(10)}" if rng.random() < 0.8 else f"v{rng.integers(2000)}",
+               f"h{rng.integers(30)}" if rng.random() < 0.6 else f"i{rng.integers(5000)}") for _ in range(20000)]
+    markov, freq, pop = b.baseline("markov"), b.baseline("user-frequency"), b.baseline("popularity")
+    for n, (user, item) in enumerate(events):
+        b.learn_one(user, item)
+        if n % 1000 == 999:
+            assert len(b.vocab) == 60 and markov.n_rows <= 61 and pop.n_rows <= 61
+            assert len(markov._trans) <= 60 and markov.n_transitions <= 60 * 4
+            assert sum(len(p) for p in markov._preds.values()) == markov.n_transitions
+            assert len(freq._forgotten_at) <= 60 and len(markov._generation) <= 60
+            assert len(b._recent) <= 40 and len(b._previous) <= 40 and len(freq._user_items) <= 40
+            # Fewer items than the window: an evicted item's events leave the window with it.
+            assert len(pop._recent) <= 100 and pop._window_counts.sum() == len(pop._recent)
+            hist = [i for u, i in events[max(0, n - 200): n + 1] if u == user][-10:]
+            preds = b.predict_one(user, hist, 10)
+            for name, items in preds.items():
+                assert len(items) == 10 and all(i in b.vocab for i in items), name
+                m = b.baseline(name)
+                h = b.vocab.lookup(hist)
+                assert m.predict_one(user, h[h > 0], 10) == m.predict_one_full(user, h[h > 0], 10), name
+    assert b._items.recycled > 9000 and max(len(markov.successors(i)) for i in range(1, 61)) == 4
+
+
+def test_online_baselines_take_their_caps_from_the_settings():
+    from stream.settings import Settings
+    from stream.worker.runtime import build_runtime
+
+    settings = Settings.from_env({"HAILSTREAM_BASELINE_MAX_ITEMS": "123", "HAILSTREAM_BASELINE_MAX_NEXT": "7"})
+    runtime = build_runtime(settings, OnlineRecommender(tiny(), ItemVocab(IDS), "v"), offload=False)
+    assert runtime.baselines is not None
+    assert runtime.baselines.max_items == 123 and runtime.baselines.baseline("markov").max_next == 7
+    with pytest.raises(StreamError, match="max_items"):
+        OnlineBaselines(max_items=-1)
