@@ -24,7 +24,8 @@ Memory per user: the table state's bytes (JSON, as stored and changelogged, and 
 with a full sequence, and the incremental-inference cache's bytes per cached sequence
 (:meth:`models.incremental.IncrementalScorer.bytes_per_entry`, a GRU4Rec HAIL of the same size).
 
-    python bench/stream_throughput.py --skip-demo     # ~5 minutes on 2 quiet cores
+    python bench/stream_throughput.py --skip-demo     # 20k events; at load ~7 on 2 cores, 10k events took 11 min
+    python bench/stream_throughput.py --configs "" --events 10000 --latency-events 3000 --skip-demo
 
 Writes ``bench/results/stream_throughput.json`` and ``.md``; records the machine, the load
 average during the run, the command and the date. Targets: (c) >= 50% of (a); p50 <= 30 ms and

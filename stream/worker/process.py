@@ -75,8 +75,9 @@ def run_worker(
     handlers). ``threads`` bounds torch's intra-op threads. With ``ensure`` the topics and the
     table's changelog are created first (``settings.partitions``). The ``stats_file``, when set, is
     rewritten every second and once more on shutdown. Baselines (``baselines``,
-    ``baseline_sample_every``) feed the prequential comparison; they cost a full score row per
-    baseline and event (see :class:`~stream.worker.recommender.OnlineBaselines`). ``setup(app,
+    ``baseline_sample_every``) feed the prequential comparison; their state is bounded and their
+    work per event does not grow with the vocabulary (see
+    :class:`~stream.worker.recommender.OnlineBaselines`). ``setup(app,
     runtime)`` runs before the worker starts: the place to add agents or timers.
 
     With ``operations`` (the default) the worker also serves ``/metrics`` on
