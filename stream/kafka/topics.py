@@ -3,7 +3,8 @@
 Topics are created explicitly because a broker's auto-created topics get whatever partition count
 the broker chooses, and Faust tables need ``topic_partitions`` equal to the source topic's count.
 Interactions and predictions get ``settings.partitions``; dead-letter and model-updates get one
-partition (low volume, and one partition keeps version announcements totally ordered).
+partition (low volume, and one partition keeps version announcements totally ordered). Every topic
+created here gets ``settings.replication_factor`` replicas (``HAILSTREAM_REPLICATION_FACTOR``).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def ensure_topics(settings: Settings, extra: Mapping[str, int] | None = None) ->
         if missing:
             try:
                 result = admin.create_topics(
-                    {name: {"num_partitions": n, "replication_factor": 1} for name, n in missing.items()},
+                    {name: {"num_partitions": n, "replication_factor": settings.replication_factor}
+                     for name, n in missing.items()},
                     timeout_ms=_TIMEOUT_MS,
                     raise_errors=False,
                 )

@@ -75,6 +75,7 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=2.0,
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_linger=PRODUCER_LINGER_S,
