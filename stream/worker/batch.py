@@ -7,8 +7,10 @@ does all of it for a micro-batch, with ONE forward pass of the model, and return
 must send and store; :mod:`stream.worker.app` only moves bytes.
 
 The user state (one table value per user, JSON) is ``{"items": [last max_seq_len item ids],
-"pred": [top-k published after the last event] or None, "off": [partition, offset, epoch],
-"eids": [the user's last event ids]}``: ``off`` is the source position of the last applied event,
+"pred": [top-k published after the last event] or None, "last": {"event_id", "scores",
+"model_version", "produced_at"} of that prediction, "off": [partition, offset, epoch],
+"eids": [the user's last event ids]}`` (``last`` is what ``GET /users/<id>/recommendations``
+serves, :mod:`stream.worker.web`; states written before it existed lack it): ``off`` is the source position of the last applied event,
 and events at or before it are skipped, which keeps the sequence exact when a crash makes the
 broker redeliver events already applied (BROKER.md). ``epoch`` identifies the input topic (the
 broker's cluster id and the topic's id, :func:`stream.kafka.topics.topic_epoch`): a position
@@ -304,14 +306,14 @@ def process_batch(
                 raise StreamError("the model failed on this event's sequence (see the worker log)")
             items, scores = answer
             produced_at = now()
-            value = Prediction(
-                p.user, p.event_id, items, [round(s, SCORE_DECIMALS) for s in scores], k, version, p.ts, produced_at
-            ).to_json()
+            rounded = [round(s, SCORE_DECIMALS) for s in scores]
+            value = Prediction(p.user, p.event_id, items, rounded, k, version, p.ts, produced_at).to_json()
             predictions.append((p.user.encode(), value))
             stats.predictions += 1
             if p.src.timestamp is not None:
                 stats.latencies.append(produced_at - p.src.timestamp)
             p.state["pred"] = items
+            p.state["last"] = {"event_id": p.event_id, "scores": rounded, "model_version": version, "produced_at": produced_at}
             results.append(items)
             if run is not None and shadow is not None:
                 run.shadow[p.user] = shadow[i]

@@ -233,7 +233,11 @@ def test_metrics_bind_all_interfaces_inside_containers_and_match_prometheus() ->
         # the trainer reads its own port setting, so a worker and a trainer can share one host
         port = e["HAILSTREAM_TRAINER_METRICS_PORT" if name == "trainer" else "HAILSTREAM_METRICS_PORT"]
         assert targets[f"hailstream-{name}"] == f"{name}:{port}"
-        assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
+        web = ["127.0.0.1:6066:6066"] if name == "worker" else []
+        assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}", *web]
+    w = env(s["worker"])
+    assert (w["HAILSTREAM_WEB"], w["HAILSTREAM_WEB_BIND"], w["HAILSTREAM_WEB_HOST"], w["HAILSTREAM_WEB_PORT"]) == (
+        "true", "0.0.0.0", "worker", "6066")
     for name in HAILSTREAM_SERVICES - {"worker", "trainer"}:
         assert "HAILSTREAM_METRICS_BIND" not in env(s[name]), f"{name} serves no metrics: keep the 127.0.0.1 default"
 
