@@ -354,17 +354,18 @@ def run_replay(
     wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=security_kwargs(settings))
     if create_topics:
         ensure_topics(settings)
+    past = 0
+    if backfill != 0:
+        sel = np.arange(len(events)) if rows is None else rows
+        past = len(backfill_rows(len(events), sel[start:len(sel) if limit is None else start + limit], backfill))
     t0 = time.monotonic()
     n = replay(events, settings, speed=speed, max_rate=max_rate, progress=progress, start=start, limit=limit, rows=rows,
                backfill=backfill)
     dt = time.monotonic() - t0
-    if backfill != 0:
-        sel = np.arange(len(events)) if rows is None else rows
-        sel = sel[start:len(sel) if limit is None else start + limit]
-        print(f"backfilled {len(backfill_rows(len(events), sel, backfill)):,} earlier events first "
-              "(history and baselines only, not scored)", flush=True)
-    rate = f"{n / dt:,.0f} events/s" if dt > 0 else "instant"
-    print(f"published {n:,} events of {events.name} to {settings.interactions_topic} in {dt:.1f} s ({rate})", flush=True)
+    rate = f"{(n + past) / dt:,.0f} events/s" if dt > 0 else "instant"
+    first = f"{past:,} backfill events (history and baselines only, not scored), then " if past else ""
+    print(f"published {first}{n:,} events of {events.name} to {settings.interactions_topic} in {dt:.1f} s ({rate})",
+          flush=True)
     return n
 
 
