@@ -46,6 +46,20 @@ def topic_plan(settings: Settings, extra: Mapping[str, int] | None = None) -> di
     return plan
 
 
+def _new_topic(settings: Settings, name: str, partitions: int) -> dict[str, Any]:
+    """kafka-python's options for a new topic: the changelog is compacted, as Faust would make it
+    (a user's latest state is all a recovery needs; without compaction a real cluster keeps every
+    value until retention deletes states still in use).
+
+    >>> _new_topic(Settings(app_id="hs"), "hs-user-state-changelog", 4)["configs"]
+    {'cleanup.policy': 'compact'}
+    """
+    out: dict[str, Any] = {"num_partitions": partitions, "replication_factor": settings.replication_factor}
+    if name == changelog_topic(settings):
+        out["configs"] = {"cleanup.policy": "compact"}
+    return out
+
+
 @contextlib.contextmanager
 def admin_client(settings: Settings) -> Iterator[Any]:
     """A kafka-python ``KafkaAdminClient`` with the settings' security, closed on exit; an
@@ -116,8 +130,7 @@ def ensure_topics(settings: Settings, extra: Mapping[str, int] | None = None) ->
         if missing:
             try:
                 result = admin.create_topics(
-                    {name: {"num_partitions": n, "replication_factor": settings.replication_factor}
-                     for name, n in missing.items()},
+                    {name: _new_topic(settings, name, n) for name, n in missing.items()},
                     timeout_ms=_TIMEOUT_MS,
                     raise_errors=False,
                 )
