@@ -61,7 +61,9 @@ class Interaction:
     """One user-item interaction as it travels on ``hailstream.interactions``.
 
     ``ts`` is unix seconds; ``lat``/``lon`` are both set or both ``None``; ``event_id`` and ``kind``
-    are optional on the wire (``None`` when absent).
+    are optional on the wire (``None`` when absent). ``backfill`` (wire: ``"backfill": true``, absent
+    otherwise) marks a past event that seeds the user's history and the baselines without being
+    scored or predicted (DESIGN §4; ``hailstream replay --backfill``).
     """
 
     user_id: str
@@ -71,6 +73,7 @@ class Interaction:
     lat: float | None = None
     lon: float | None = None
     kind: str | None = None
+    backfill: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The wire fields, absent optional fields left out."""
@@ -82,6 +85,8 @@ class Interaction:
             d["lon"] = self.lon
         if self.kind is not None:
             d["kind"] = self.kind
+        if self.backfill:
+            d["backfill"] = True
         return d
 
     def to_json(self) -> bytes:
@@ -148,8 +153,8 @@ def parse_interaction(
     Accepted: a JSON object with ``user_id`` and ``item_id`` (strings, or integers, which are
     converted to their decimal string so ``7`` and ``"7"`` are the same user), ``ts`` (a finite
     number, unix seconds), optional ``event_id`` (string or integer, same rule), optional ``lat``
-    and ``lon`` (numbers within ±90 / ±180, both or neither; JSON ``null`` = absent) and optional
-    ``kind`` (string). Unknown fields are ignored, for forward compatibility.
+    and ``lon`` (numbers within ±90 / ±180, both or neither; JSON ``null`` = absent), optional
+    ``kind`` (string) and optional ``backfill`` (boolean). Unknown fields are ignored, for forward compatibility.
 
     Reason codes: ``oversized`` (more than ``max_bytes``), ``bad_json`` (empty, not UTF-8, not
     JSON), ``not_object``, ``missing_field``, ``wrong_type``, ``bad_value`` (empty id, NaN/inf ts,
@@ -212,7 +217,10 @@ def parse_interaction(
             raise InvalidEvent("wrong_type", f"'kind' must be a string, got {type(kind).__name__}")
         if len(kind) > max_id_chars or (not kind.isascii() and not _encodable(kind)):
             raise InvalidEvent("bad_value", "'kind' is too long or not encodable as UTF-8")
-    return Interaction(user_id, item_id, ts, event_id, lat, lon, kind)
+    backfill = obj.get("backfill") or False
+    if type(backfill) is not bool:
+        raise InvalidEvent("wrong_type", f"'backfill' must be true or false, got {type(backfill).__name__}")
+    return Interaction(user_id, item_id, ts, event_id, lat, lon, kind, backfill)
 
 
 def _encodable(text: str) -> bool:

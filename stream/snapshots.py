@@ -62,6 +62,8 @@ class WorkerSnapshot(_Snapshot):
     position_resets: int = 0
     users_evicted: int = 0
     cold: int = 0
+    #: backfill events applied (history and baselines, not scored, no prediction)
+    backfilled: int = 0
     batches: int = 0
     model_version: str = ""
     uptime_s: float = 0.0

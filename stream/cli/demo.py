@@ -38,7 +38,7 @@ from models.splits import leave_last_out
 from models.trainer import TrainConfig, train
 from stream.cli.demo_view import RunView, drift_report, format_summary, live_line, summarize
 from stream.cli.procs import child_process, stop_process
-from stream.cli.replay import block_rows, replay
+from stream.cli.replay import backfill_rows, block_rows, replay
 from stream.cli.scenario import DEFAULT_SEED, drift_position, remap_after
 from stream.errors import StreamError
 from stream.kafka.broker import EmbeddedBroker
@@ -189,6 +189,7 @@ def run_demo(
     drift_seed: int = DEFAULT_SEED,
     linger: float = 0.0,
     chosen: Iterable[str] = (),
+    backfill: int | None = 0,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (``complete`` is True when every event was processed).
 
@@ -197,7 +198,9 @@ def run_demo(
     seeded by ``drift_seed``) and, unless given, replays :data:`DRIFT_LIMIT` events at
     :data:`DRIFT_MAX_RATE` events/s; ``linger`` seconds of serving follow the replay (for
     scrapes); the settings named in ``chosen`` (flat names the user set by flag or variable) win over
-    the demo's trainer sizing (:func:`trainer_sizing`)."""
+    the demo's trainer sizing (:func:`trainer_sizing`). ``backfill`` events (the newest of the
+    training block before the replay; None = all, :func:`stream.cli.replay.backfill_rows`) go
+    first, unscored: the baselines then start from the past the model was trained on."""
     started = time.time()
     console = _Console(live)
     say = console.say
@@ -217,6 +220,7 @@ def run_demo(
     if drift:
         at = drift_position(len(rows), drift_at)
         events = remap_after(events, rows, at, drift_seed)
+    past = len(backfill_rows(len(events), rows, backfill))
     run_dir = (Path(settings.model_dir).parent / "hailstream-runs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint or demo_model(settings, dataset, train_part, epochs or DEMO_EPOCHS, say, progress=live)
@@ -246,12 +250,14 @@ def run_demo(
                 f"replay at {max_rate:g} events/s")
 
         _wait_ready(procs, [wstats_path, tstats_path] if trainer else [wstats_path], run_dir, started + timeout)
-        say(f"ready after {time.time() - started:.0f} s: replaying {len(rows):,} events of {dataset}")
+        say(f"ready after {time.time() - started:.0f} s: replaying {len(rows):,} events of {dataset}"
+            + (f" after {past:,} backfill events of the training block (not scored)" if past else ""))
         published: dict[str, Any] = {"n": 0, "done": False, "error": None}
 
         def publish() -> None:
             try:
-                published["n"] = replay(events, settings, max_rate=max_rate, progress=False, rows=rows)
+                published["n"] = replay(events, settings, max_rate=max_rate, progress=False, rows=rows,
+                                        backfill=backfill)
             except Exception as e:  # reported below; the main thread stops everything
                 published["error"] = e
             finally:
@@ -264,7 +270,7 @@ def run_demo(
         tstats: TrainerSnapshot | None = None
         first_prediction_s = None
         last_events, last_t = 0, time.time()
-        target = len(rows)
+        target = past + len(rows)  # the worker counts the backfill events too
         streamed_at: float | None = None
         while time.time() - started < timeout:
             time.sleep(1.0)
@@ -295,14 +301,17 @@ def run_demo(
             say(news)
 
     timeline = _timeline(run_dir)
-    marks = lifecycle_marks(timeline, at, tstats)
+    # The timeline counts the worker's events, backfill included: the drift is at event past + at.
+    at_event = None if at is None else past + at
+    marks = lifecycle_marks(timeline, at_event, tstats)
     if marks:
         with contextlib.suppress(OSError), (run_dir / TIMELINE_FILE).open("a") as f:
             f.writelines(json.dumps(m) + "\n" for m in marks)
         timeline += marks
     summary = summarize(wstats, tstats, view.versions, timeline, {
         "dataset": dataset,
-        "complete": wstats.events >= len(rows),
+        "complete": wstats.events >= past + len(rows),
+        "backfilled": past,
         "published": published["n"],
         "wall_seconds": time.time() - started,
         "stream_seconds": time.time() - t_replay,
@@ -311,7 +320,7 @@ def run_demo(
         "run_dir": str(run_dir),
         "trainer": trainer,
         "drift_at": at,
-        "drift": drift_report(at, timeline, tstats) if at is not None else None,
+        "drift": drift_report(at_event, timeline, tstats) if at_event is not None else None,
         "metrics_urls": dict(view.urls),
     })
     if live:

@@ -36,6 +36,24 @@ def _count(text: str) -> int:
     return value
 
 
+def _backfill(text: str) -> int | None:
+    """An argparse type: a whole number >= 0 of backfill events, or ``all`` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or all), got {value}")
+    return value
+
+
+BACKFILL_HELP = ("first publish the N newest earlier events the replay leaves out ('all': every one; with "
+                 "--from-block T1 that is the training block), marked as backfill: they fill the users' histories "
+                 "and the baselines without being scored, so model and baselines see the same past (default 0)")
+
+
 def _positive(text: str) -> float:
     """An argparse type: a number > 0."""
     try:
@@ -140,7 +158,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream.cli.replay import run_replay
 
     run_replay(args.dataset, _settings(args), speed=args.speed, max_rate=args.max_rate,
-               from_block=args.from_block, limit=args.limit)
+               from_block=args.from_block, limit=args.limit, backfill=args.backfill)
     return 0
 
 
@@ -198,6 +216,7 @@ def _run_demo(run_demo: Any, settings: Settings, args: argparse.Namespace, chose
         trainer=not args.no_trainer,
         drift=args.drift or args.drift_at is not None,
         drift_at=args.drift_at,
+        backfill=args.backfill,
         drift_seed=args.drift_seed,
         linger=args.linger,
         chosen=chosen,
@@ -302,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-rate", type=_positive, help="at most N events per second")
     r.add_argument("--from-block", help="start at this block (Foursquare NYC: T1..T5)")
     r.add_argument("--limit", type=_count, help="publish only the first N events")
+    r.add_argument("--backfill", type=_backfill, default=0, metavar="N|all", help=BACKFILL_HELP)
     r.set_defaults(func=_cmd_replay)
 
     tp = sub.add_parser("topics", help="create the topics (or --delete them) and list them")
@@ -330,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="foursquare-nyc", choices=("foursquare-nyc", "amazon-beauty"),
                    help="the data set to train on and replay (default foursquare-nyc)")
     d.add_argument("--limit", type=_count, help="replay only the first N events after the training block")
+    d.add_argument("--backfill", type=_backfill, default=0, metavar="N|all",
+                   help="seed the worker with the N newest events of the training block ('all': all of it) before "
+                        "the replay: histories and baselines only, not scored, so the baselines see the past the "
+                        "model was trained on (default 0: the baselines start empty)")
     d.add_argument("--checkpoint", type=_readable,
                    help="serve this checkpoint (file or train --out folder) instead of training the small demo model")
     d.add_argument("--epochs", type=_count, default=None, help="training epochs for the demo model")

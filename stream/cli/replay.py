@@ -5,6 +5,12 @@ Each event becomes ``{"user_id", "item_id", "ts", "event_id": "<dataset>:<row>",
 across ``--from-block`` selections, so ids never collide), and ``kind`` is ``"checkin"`` for data
 with coordinates (POI check-ins) and ``"click"`` otherwise.
 
+Backfill (DESIGN §4): ``backfill`` publishes, before the replay and as fast as the producer goes, the
+past the replay leaves out (:func:`backfill_rows`; the training block with ``--from-block T1``)
+marked ``"backfill": true``; the worker applies them to the users' histories and the baselines
+without scoring or predicting them, so that model and baselines see the same past at the first
+scored event.
+
 Pacing: ``speed`` replays event time ``speed`` times faster than real time; ``max_rate`` caps the
 average publication rate (events/s, averaged from the start). Both may be combined; neither means
 as fast as the producer goes. :func:`generate_load` reuses the same publisher as a load generator.
@@ -60,6 +66,25 @@ def block_rows(events: Interactions, first_block: str) -> np.ndarray:
         raise SettingsError(f"block {first_block!r} not in data set {events.name!r}; its blocks are {', '.join(labels)}")
     keep = labels[labels.index(first_block):]
     return np.flatnonzero(np.isin(events.block, keep))
+
+
+def backfill_rows(n_rows: int, selected: np.ndarray, n: int | None) -> np.ndarray:
+    """The rows ``backfill=n`` publishes before the replay of ``selected`` (row indices, ascending):
+    the rows of the data set (``n_rows`` of them, in time order) that are not replayed and come
+    before the last replayed one, the newest ``n`` of them (None = all of them, 0 = none).
+
+    >>> backfill_rows(10, np.array([4, 5, 6]), None).tolist()
+    [0, 1, 2, 3]
+    >>> backfill_rows(10, np.array([1, 3, 5, 6]), 2).tolist(), backfill_rows(10, np.array([4]), 0).tolist()
+    ([2, 4], [])
+    """
+    if n is not None and n < 0:
+        raise SettingsError(f"backfill must be >= 0 events (or all), got {n}")
+    selected = np.asarray(selected, dtype=np.int64)
+    if len(selected) == 0 or n == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.setdiff1d(np.arange(min(int(selected.max()), n_rows), dtype=np.int64), selected)
+    return before if n is None else before[max(0, len(before) - n):]
 
 
 class Pacer:
@@ -119,9 +144,10 @@ def _json_str(cache: dict[str, str], s: str) -> str:
 
 def _messages(
     events: Interactions, rows: np.ndarray, prefix: str, ids: np.ndarray | None = None,
-    ts_offset: np.ndarray | None = None,
+    ts_offset: np.ndarray | None = None, backfill: bool = False,
 ) -> Iterator[tuple[bytes, bytes, float]]:
-    """(key, value, ts) per selected row; event ids number ``ids`` (default: the rows).
+    """(key, value, ts) per selected row; event ids number ``ids`` (default: the rows); with
+    ``backfill`` every message is marked ``"backfill": true``.
 
     Hand-rolled JSON, exactly what ``json.dumps`` gives (ids JSON-escaped once per distinct value,
     floats via ``repr`` as ``json`` does): generic encoding was a fifth of the publish cost. Columns
@@ -136,7 +162,7 @@ def _messages(
     geo = events.lat is not None and events.lon is not None
     lat = events.lat[rows].tolist() if geo else []  # type: ignore[index]
     lon = events.lon[rows].tolist() if geo else []  # type: ignore[index]
-    tail = ',"kind":"checkin"}' if geo else ',"kind":"click"}'
+    tail = (',"kind":"checkin"' if geo else ',"kind":"click"') + (',"backfill":true}' if backfill else "}")
     pre = json.dumps(prefix, ensure_ascii=False)[1:-1]
     ucache: dict[str, str] = {}
     icache: dict[str, str] = {}
@@ -226,6 +252,7 @@ def replay(
     event_id_prefix: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    backfill: int | None = 0,
 ) -> int:
     """Publish ``events`` (time-sorted, as :func:`models.data.load_dataset` returns them) to
     ``topic`` (default ``settings.interactions_topic``) and return how many were published, all
@@ -234,7 +261,9 @@ def replay(
     ``rows`` selects row indices (e.g. :func:`block_rows`); ``start``/``limit`` then skip and cap
     within the selection. Event ids are ``f"{event_id_prefix or events.name}:{row}"``. ``producer``
     is an existing kafka-python producer to reuse (flushed, not closed); ``clock``/``sleep`` exist
-    for tests.
+    for tests. ``backfill`` events (:func:`backfill_rows`: the newest ``backfill`` rows before the
+    replay that it leaves out; None = all of them) go first, unpaced, marked ``"backfill": true``;
+    they are not counted in the returned number.
     """
     if start < 0 or (limit is not None and limit < 0):
         raise SettingsError(f"replay start and limit must be >= 0, got start={start} limit={limit}")
@@ -245,10 +274,24 @@ def replay(
         return 0
     prefix = event_id_prefix or events.name
     first_ts = float(events.ts[sel[0]])
-    return _publish(
-        _messages(events, sel, prefix), len(sel), settings, topic or settings.interactions_topic,
-        (speed, max_rate), first_ts, progress, producer, clock, sleep,
-    ).published
+    past = backfill_rows(len(events), sel, backfill)
+    Pacer(speed, max_rate, first_ts, 0.0)  # refuse bad pacing before the backfill goes out
+    owned = producer is None and len(past) > 0
+    if owned:
+        producer = make_producer(settings)
+    try:
+        if len(past):
+            _publish(_messages(events, past, prefix, backfill=True), len(past), settings,
+                     topic or settings.interactions_topic, (None, None), float(events.ts[past[0]]), progress,
+                     producer, clock, sleep)
+        return _publish(
+            _messages(events, sel, prefix), len(sel), settings, topic or settings.interactions_topic,
+            (speed, max_rate), first_ts, progress, producer, clock, sleep,
+        ).published
+    finally:
+        if owned:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=5)
 
 
 def generate_load(
@@ -295,10 +338,11 @@ def run_replay(
     limit: int | None = None,
     progress: bool = True,
     create_topics: bool = True,
+    backfill: int | None = 0,
 ) -> int:
     """``hailstream replay DATASET``: load a data set (name or path; ``settings.data_dir`` for the
     bundled ones), create the topics if missing, publish, print a summary; returns the number of
-    events published. Errors are :class:`~stream.errors.StreamError` /
+    events published (``backfill``: the past before them first, see :func:`replay`). Errors are :class:`~stream.errors.StreamError` /
     :class:`~models.errors.DataError` with messages for the user."""
     from models.data import load_dataset
     from stream.kafka.broker import wait_for_broker
@@ -310,11 +354,18 @@ def run_replay(
     wait_for_broker(settings.bootstrap_list, timeout=10.0, client_kwargs=security_kwargs(settings))
     if create_topics:
         ensure_topics(settings)
+    past = 0
+    if backfill != 0:
+        sel = np.arange(len(events)) if rows is None else rows
+        past = len(backfill_rows(len(events), sel[start:len(sel) if limit is None else start + limit], backfill))
     t0 = time.monotonic()
-    n = replay(events, settings, speed=speed, max_rate=max_rate, progress=progress, start=start, limit=limit, rows=rows)
+    n = replay(events, settings, speed=speed, max_rate=max_rate, progress=progress, start=start, limit=limit, rows=rows,
+               backfill=backfill)
     dt = time.monotonic() - t0
-    rate = f"{n / dt:,.0f} events/s" if dt > 0 else "instant"
-    print(f"published {n:,} events of {events.name} to {settings.interactions_topic} in {dt:.1f} s ({rate})", flush=True)
+    rate = f"{(n + past) / dt:,.0f} events/s" if dt > 0 else "instant"
+    first = f"{past:,} backfill events (history and baselines only, not scored), then " if past else ""
+    print(f"published {first}{n:,} events of {events.name} to {settings.interactions_topic} in {dt:.1f} s ({rate})",
+          flush=True)
     return n
 
 

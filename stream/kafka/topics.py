@@ -3,7 +3,8 @@
 Topics are created explicitly because a broker's auto-created topics get whatever partition count
 the broker chooses, and Faust tables need ``topic_partitions`` equal to the source topic's count.
 Interactions and predictions get ``settings.partitions``; dead-letter and model-updates get one
-partition (low volume, and one partition keeps version announcements totally ordered).
+partition (low volume, and one partition keeps version announcements totally ordered). Every topic
+created here gets ``settings.replication_factor`` replicas (``HAILSTREAM_REPLICATION_FACTOR``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def topic_plan(settings: Settings, extra: Mapping[str, int] | None = None) -> di
     }
     plan.update(extra or {})
     return plan
+
+
+def _new_topic(settings: Settings, name: str, partitions: int) -> dict[str, Any]:
+    """kafka-python's options for a new topic: the changelog is compacted, as Faust would make it
+    (a user's latest state is all a recovery needs; without compaction a real cluster keeps every
+    value until retention deletes states still in use).
+
+    >>> _new_topic(Settings(app_id="hs"), "hs-user-state-changelog", 4)["configs"]
+    {'cleanup.policy': 'compact'}
+    """
+    out: dict[str, Any] = {"num_partitions": partitions, "replication_factor": settings.replication_factor}
+    if name == changelog_topic(settings):
+        out["configs"] = {"cleanup.policy": "compact"}
+    return out
 
 
 @contextlib.contextmanager
@@ -115,7 +130,7 @@ def ensure_topics(settings: Settings, extra: Mapping[str, int] | None = None) ->
         if missing:
             try:
                 result = admin.create_topics(
-                    {name: {"num_partitions": n, "replication_factor": 1} for name, n in missing.items()},
+                    {name: _new_topic(settings, name, n) for name, n in missing.items()},
                     timeout_ms=_TIMEOUT_MS,
                     raise_errors=False,
                 )

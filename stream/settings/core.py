@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     dead_letter_topic: str = Field("hailstream.dead-letter", description="bad input messages, with a reason")
     model_updates_topic: str = Field("hailstream.model-updates", description="version announcements and signals")
     partitions: int = Field(4, description="partitions of the interactions/predictions topics")
+    replication_factor: int = Field(
+        1, description="replication factor of the topics hailstream creates (and of Faust's changelog); "
+        "3 on a production cluster")
     app_id: str = Field("hailstream", description="Faust app id and consumer-group prefix")
     top_k: int = Field(10, description="items per prediction")
     max_seq_len: int = Field(50, description="items kept per user sequence")
@@ -394,7 +397,7 @@ def _fail(name: str, message: str) -> SettingsError:
 def _validate(s: Settings) -> None:
     if not s.bootstrap_list:
         raise _fail("bootstrap_servers", "is empty; set it to host:port[,host:port...] of the Kafka brokers")
-    for name in ("partitions", "top_k", "max_seq_len", "max_message_bytes", "max_id_chars"):
+    for name in ("partitions", "replication_factor", "top_k", "max_seq_len", "max_message_bytes", "max_id_chars"):
         if int(getattr(s, name)) < 1:
             raise _fail(name, f"must be >= 1, got {getattr(s, name)!r}")
     for name in s.topics + (s.app_id,):

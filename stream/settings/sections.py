@@ -59,8 +59,12 @@ class WorkerSettings(BaseModel):
         32, description="successors the Markov baseline keeps per item (the least frequent goes); 0 = unbounded"
     )
     epoch_refresh: float = Field(5.0, description="seconds between two reads of the input topic's epoch (0 = at start only)")
-    web_bind: str = Field("127.0.0.1", description="Faust web server address (the server stays off)")
-    web_port: int = Field(6066, description="Faust web server port")
+    web: bool = Field(False, description="serve GET /users/<id>/recommendations (Faust's web server on "
+                      "web_bind:web_port; any worker answers, asking the owner of the user's partition)")
+    web_bind: str = Field("127.0.0.1", description="address the web server listens on")
+    web_port: int = Field(6066, description="web server port (each worker on one host needs its own)")
+    web_host: str | None = Field(None, description="host name the other workers reach this one at "
+                                 "(default web_bind; set it when web_bind is 0.0.0.0)")
     metrics_port: int = Field(9464, description="/metrics port on metrics_bind (0 = any free port)")
     # the post-swap guard (stream.worker.guard)
     guard_events: int = Field(1000, description="post-swap guard: scored events per window (0 = no guard)")
@@ -91,6 +95,9 @@ class WorkerSettings(BaseModel):
         for name in ("web_port", "metrics_port"):
             if not 0 <= int(getattr(self, name)) <= 65535:
                 raise SettingsError(f"HAILSTREAM_{name.upper()} ({name}) must be a TCP port 0..65535, got {getattr(self, name)!r}")
+        if self.web and self.web_port == 0:
+            raise SettingsError("HAILSTREAM_WEB_PORT (web_port) must be a fixed port with HAILSTREAM_WEB: the other "
+                                "workers forward requests to it")
         if self.guard_events < 0 or self.guard_min_events < 1 or self.guard_tolerance < 0:
             raise SettingsError("HAILSTREAM_GUARD_EVENTS must be >= 0 (0 = no post-swap guard), HAILSTREAM_GUARD_MIN_EVENTS "
                                 ">= 1 and HAILSTREAM_GUARD_TOLERANCE >= 0")

@@ -194,7 +194,9 @@ class TrainerRuntime:
             except InvalidEvent:
                 self.invalid += 1  # the workers dead-letter it; the trainer just skips it
                 continue
-            if r.offset < warm_until:
+            # A backfill event (a past the model was trained on) fills the window like the warm-up,
+            # without counting towards a fine-tune.
+            if r.offset < warm_until or ev.backfill:
                 self.learner.learn_one(ev.user_id, ev.item_id, ev.ts, count=False)
                 self.warm_events += 1
             else:

@@ -7,7 +7,8 @@ loop) and writes the outcome through :class:`stream.worker.sink.FaustSink`: tabl
 changelog records), predictions, dead letters and drift signals, all sent without waiting per
 message (delivery is confirmed by Faust's flush before each offset commit, so at-least-once holds).
 Faust settings follow BROKER.md (fast group joins, pre-created topics, earliest offset reset, no
-exactly-once, web server off and bound to 127.0.0.1). Timers: the consumer lag from the fetch high
+exactly-once, web server bound to 127.0.0.1 and off unless ``settings.worker.web``: then it serves
+:mod:`stream.worker.web`'s ``GET /users/<id>/recommendations``). Timers: the consumer lag from the fetch high
 watermark once a second, and the stats file.
 """
 
@@ -75,13 +76,14 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=2.0,
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_linger=PRODUCER_LINGER_S,
-        web_enabled=False,
+        web_enabled=settings.worker.web,
         web_bind=settings.worker.web_bind,
         web_port=settings.worker.web_port,
-        web_host=settings.worker.web_bind,
+        web_host=settings.worker.web_host or settings.worker.web_bind,
         store="memory://",
         datadir=str(datadir) if datadir is not None else tempfile.mkdtemp(prefix="hailstream-faust-"),
         key_serializer="raw",
@@ -127,6 +129,11 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
             else:
                 table.data[key] = value
         log.info("changelog catch-up: %d records after Faust's recovery on partitions %s", len(records), partitions)
+
+    if settings.worker.web:
+        from stream.worker.web import install_recommendations_view
+
+        install_recommendations_view(app, table, settings)
 
     if runtime is None:
         return app

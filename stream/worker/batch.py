@@ -7,8 +7,10 @@ does all of it for a micro-batch, with ONE forward pass of the model, and return
 must send and store; :mod:`stream.worker.app` only moves bytes.
 
 The user state (one table value per user, JSON) is ``{"items": [last max_seq_len item ids],
-"pred": [top-k published after the last event] or None, "off": [partition, offset, epoch],
-"eids": [the user's last event ids]}``: ``off`` is the source position of the last applied event,
+"pred": [top-k published after the last event] or None, "last": {"event_id", "scores",
+"model_version", "produced_at"} of that prediction, "off": [partition, offset, epoch],
+"eids": [the user's last event ids]}`` (``last`` is what ``GET /users/<id>/recommendations``
+serves, :mod:`stream.worker.web`; states written before it existed lack it): ``off`` is the source position of the last applied event,
 and events at or before it are skipped, which keeps the sequence exact when a crash makes the
 broker redeliver events already applied (BROKER.md). ``epoch`` identifies the input topic (the
 broker's cluster id and the topic's id, :func:`stream.kafka.topics.topic_epoch`): a position
@@ -82,6 +84,8 @@ class BatchStats:
     #: events whose stored position belonged to another epoch of the topic (processed, not skipped)
     resets: int = 0
     cold: int = 0
+    #: backfill events: applied to the history and the baselines, not scored, no prediction
+    backfilled: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     #: wall seconds per phase: "prepare" (validate, sequences), "inference" (the forward pass),
@@ -194,6 +198,10 @@ def process_batch(
     last_index: dict[str, int] = {}
     updates: dict[str, Update] = {}
     pending: list[_Pending] = []
+    # the state after each user's last event of the batch (backfill or not), and the backfill
+    # states that carry a prediction this batch has yet to make (see _carry)
+    final: dict[str, Update] = {}
+    carry: list[tuple[UserState, UserState]] = []
     max_len = settings.max_seq_len
     k = settings.top_k
 
@@ -241,12 +249,25 @@ def process_batch(
                 new_state["off"].append(epoch)
             if eids:
                 new_state["eids"] = eids
+            if ev.backfill:
+                # DESIGN §4: a past event seeds the history and the baselines; nothing is scored or
+                # predicted, and the user's next event is scored against the prediction made before it.
+                pending_state = pending[prev_index].state if prev_index is not None else None
+                _carry(state, new_state, pending_state, carry)
+                if baselines is not None:
+                    baselines.learn_one(user, ev.item_id, ev.lat, ev.lon)
+                local[user] = new_state
+                final[user] = Update(src.partition, new_state)
+                stats.backfilled += 1
+                stats.valid += 1
+                continue
             event_id = ev.event_id if ev.event_id is not None else f"{src.topic}:{src.partition}:{src.offset}"
             pending.append(
                 _Pending(src, user, ev.item_id, event_id, ev.ts, ev.lat, ev.lon, items, prev, prev_index, new_state)
             )
             local[user] = new_state
             last_index[user] = len(pending) - 1
+            final[user] = Update(src.partition, new_state)
         except Exception as exc:  # our bug or a corrupt table value: never kill the agent
             stats.dead_letters[INTERNAL_ERROR] += 1
             dead.append(_internal_error(src, exc))
@@ -312,14 +333,14 @@ def process_batch(
                 raise StreamError("the model failed on this event's sequence (see the worker log)")
             items, scores = answer
             produced_at = now()
-            value = Prediction(
-                p.user, p.event_id, items, [round(s, SCORE_DECIMALS) for s in scores], k, version, p.ts, produced_at
-            ).to_json()
+            rounded = [round(s, SCORE_DECIMALS) for s in scores]
+            value = Prediction(p.user, p.event_id, items, rounded, k, version, p.ts, produced_at).to_json()
             predictions.append((p.user.encode(), value))
             stats.predictions += 1
             if p.src.timestamp is not None:
                 stats.latencies.append(produced_at - p.src.timestamp)
             p.state["pred"] = items
+            p.state["last"] = {"event_id": p.event_id, "scores": rounded, "model_version": version, "produced_at": produced_at}
             results.append(items)
             if run is not None and shadow is not None:
                 run.shadow[p.user] = shadow[i]
@@ -329,13 +350,28 @@ def process_batch(
             dead.append(_internal_error(p.src, exc))
             # The interaction still happened: its item stays in the sequence, with no prediction.
             results.append(None)
-        updates[p.user] = Update(p.src.partition, p.state)
         stats.valid += 1
+    for dst, src_state in carry:
+        _carry(src_state, dst, None, [])
+    updates.update(final)
     t3, c3 = time.perf_counter(), time.thread_time()
     stats.seconds = {"prepare": t1 - t0, "inference": t2 - t1, "baselines": base_wall, "finish": t3 - t2 - base_wall}
     stats.cpu_seconds = {"prepare": c1 - c0, "inference": c2 - c1, "baselines": base_cpu,
                          "finish": max(0.0, c3 - c2 - base_cpu)}
     return BatchResult(predictions, dead, updates, version, stats, run.verdict() if run is not None else None)
+
+
+def _carry(state: UserState | None, new_state: UserState, pending: UserState | None,
+           later: list[tuple[UserState, UserState]]) -> None:
+    """Keep the prediction of ``state`` (``pred`` and ``last``) in ``new_state``, a backfill
+    event's; when it is ``pending`` (an earlier event of this batch, predicted later), note it in
+    ``later`` to copy once predicted."""
+    if pending is not None:
+        later.append((new_state, pending))
+        return
+    new_state["pred"] = state.get("pred") if state else None
+    if state and "last" in state:
+        new_state["last"] = state["last"]
 
 
 def _recommend(

@@ -31,6 +31,7 @@ class WorkerStats:
         self.resets = 0
         self.evicted = 0
         self.cold = 0
+        self.backfilled = 0
         self.batches = 0
         self.dead_letters: Counter[str] = Counter()
         self.model_version = ""
@@ -50,6 +51,7 @@ class WorkerStats:
         self.duplicates += s.duplicates
         self.resets += s.resets
         self.cold += s.cold
+        self.backfilled += s.backfilled
         self.dead_letters.update(s.dead_letters)
         self._latencies.extend(s.latencies)
         self.model_version = result.model_version
@@ -99,6 +101,7 @@ class WorkerStats:
             "position_resets": self.resets,
             "users_evicted": self.evicted,
             "cold": self.cold,
+            "backfilled": self.backfilled,
             "batches": self.batches,
             "model_version": self.model_version,
             "uptime_s": now - self.started_at,

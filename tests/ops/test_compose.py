@@ -1,10 +1,12 @@
-"""docker-compose.yml, Dockerfile and .dockerignore.
+"""docker-compose.yml (+ docker-compose.kafka.yml, .env.example), Dockerfile and .dockerignore.
 
-No container engine runs here, so the file is validated two ways: Debian's ``docker-compose``
-(1.29, ``config -q`` validates against the Compose specification without an engine; skipped with a
-reason when not installed) and structural checks that always run: the services the issue asks for,
-Kafka in KRaft mode, dependencies and volumes that exist, host ports on 127.0.0.1 only, metrics
-bound to 0.0.0.0 inside the containers, and Prometheus/Grafana configs that match the services.
+No container engine runs here, so the files are validated two ways, for each variant (your own
+Kafka: docker-compose.yml alone; the bundled Kafka: with docker-compose.kafka.yml): Debian's
+``docker-compose`` (1.29, ``config -q`` validates against the Compose specification without an
+engine; skipped with a reason when not installed) and structural checks that always run: the
+services the issue asks for, Kafka in KRaft mode, dependencies and volumes that exist in each
+variant, host ports on 127.0.0.1 only, metrics bound to 0.0.0.0 inside the containers,
+Prometheus/Grafana configs that match the services, and secrets that come from the env file only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import yaml
 from tests.ops.prom_helpers import OPS, ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
+KAFKA_OVERLAY = ROOT / "docker-compose.kafka.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DOCKER_COMPOSE = shutil.which("docker-compose")
@@ -28,12 +32,29 @@ SERVICES = {"kafka", "topics", "init-model", "worker", "trainer", "replay", "pro
 HAILSTREAM_SERVICES = {"topics", "init-model", "worker", "trainer", "replay"}
 
 
-def compose() -> dict[str, Any]:
-    return dict(yaml.safe_load(COMPOSE.read_text()))
+def _merge(base: Any, over: Any) -> Any:
+    """Compose's merge of an override file, for the keys these files use: maps merge key by key,
+    anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merge(base[k], v) if k in base else v for k, v in over.items()} | {
+            k: v for k, v in base.items() if k not in over
+        }
+    return over
 
 
-def services() -> dict[str, dict[str, Any]]:
-    return dict(compose()["services"])
+def compose(bundled: bool = True) -> dict[str, Any]:
+    """The compose model: docker-compose.yml, plus docker-compose.kafka.yml when ``bundled``."""
+    out = dict(yaml.safe_load(COMPOSE.read_text()))
+    return dict(_merge(out, yaml.safe_load(KAFKA_OVERLAY.read_text()))) if bundled else out
+
+
+def services(bundled: bool = True) -> dict[str, dict[str, Any]]:
+    return dict(compose(bundled)["services"])
+
+
+def env_example() -> dict[str, str]:
+    lines = [ln.strip() for ln in ENV_EXAMPLE.read_text().splitlines()]
+    return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
 
 
 def env(service: dict[str, Any]) -> dict[str, str]:
@@ -43,28 +64,73 @@ def env(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in e.items()}
 
 
-def run_compose(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    path: Path, *args: str, env_file: Path, overlays: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose --env-file ENV -f PATH [-f OVERLAY...] ARGS`` (never a developer's own .env)."""
     assert DOCKER_COMPOSE is not None
+    files = [a for f in (path, *overlays) for a in ("-f", str(f))]
     return subprocess.run(
-        [DOCKER_COMPOSE, "-f", str(path), *args], capture_output=True, text=True, timeout=120, cwd=path.parent,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
+        [DOCKER_COMPOSE, "--env-file", str(env_file), *files, *args], capture_output=True, text=True, timeout=120,
+        cwd=path.parent, env={"PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
     )
 
 
-@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
-def test_docker_compose_config_validates() -> None:
-    r = run_compose(COMPOSE, "config", "-q")
+def write_env(tmp_path: Path, drop: tuple[str, ...] = (), **values: str) -> Path:
+    """.env.example with ``values`` set and the ``drop`` variables left out, as a file."""
+    e = {k: v for k, v in {**env_example(), **values}.items() if k not in drop}
+    path = tmp_path / "test.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in e.items()))
+    return path
+
+
+needs_compose = pytest.mark.skipif(
+    DOCKER_COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)"
+)
+
+
+@needs_compose
+@pytest.mark.parametrize("bundled", [True, False], ids=["bundled-kafka", "own-kafka"])
+def test_docker_compose_config_validates(tmp_path: Path, bundled: bool) -> None:
+    overlays = (KAFKA_OVERLAY,) if bundled else ()
+    env_file = write_env(tmp_path, drop=("COMPOSE_FILE",), HAILSTREAM_BOOTSTRAP_SERVERS="kafka:9092" if bundled
+                         else "broker1:9092,broker2:9092")
+    r = run_compose(COMPOSE, "config", "-q", env_file=env_file, overlays=overlays)
     assert r.returncode == 0, r.stderr
-    listed = run_compose(COMPOSE, "config", "--services")
-    assert set(listed.stdout.split()) == SERVICES
+    listed = run_compose(COMPOSE, "config", "--services", env_file=env_file, overlays=overlays)
+    assert set(listed.stdout.split()) == (SERVICES if bundled else SERVICES - {"kafka"})
+    config = yaml.safe_load(run_compose(COMPOSE, "config", env_file=env_file, overlays=overlays).stdout)
+    worker = env(config["services"]["worker"])
+    assert worker["HAILSTREAM_BOOTSTRAP_SERVERS"] == ("kafka:9092" if bundled else "broker1:9092,broker2:9092")
+    assert env(config["services"]["grafana"])["GF_SECURITY_ADMIN_PASSWORD"] == env_example()["GRAFANA_ADMIN_PASSWORD"]
 
 
-@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
+@needs_compose
+def test_env_example_compose_file_line_selects_the_bundled_kafka(tmp_path: Path) -> None:
+    # `cp .env.example .env; docker compose up`: its COMPOSE_FILE names both files.
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text())
+    for f in (COMPOSE, KAFKA_OVERLAY):
+        text = f.read_text().replace("./ops/", str(ROOT / "ops") + "/")
+        (tmp_path / f.name).write_text(text.replace("context: .", f"context: {ROOT}"))
+    r = subprocess.run([DOCKER_COMPOSE or "docker-compose", "config", "--services"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == SERVICES
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", ["GRAFANA_ADMIN_PASSWORD", "HAILSTREAM_BOOTSTRAP_SERVERS"])
+def test_required_values_missing_from_the_env_file_stop_compose(tmp_path: Path, missing: str) -> None:
+    r = run_compose(COMPOSE, "config", "-q", env_file=write_env(tmp_path, drop=(missing, "COMPOSE_FILE")))
+    assert r.returncode != 0 and f"set {missing} in .env" in r.stderr
+
+
+@needs_compose
 def test_docker_compose_validation_can_fail(tmp_path: Path) -> None:
     broken = tmp_path / "docker-compose.yml"
-    text = COMPOSE.read_text().replace("    hostname: kafka\n", "    hostname: kafka\n    restartt: always\n")
+    text = COMPOSE.read_text().replace("\n  worker:\n", "\n  worker:\n    restartt: always\n")
     broken.write_text(text.replace("./ops/", str(ROOT / "ops") + "/"))
-    r = run_compose(broken, "config", "-q")
+    r = run_compose(broken, "config", "-q", env_file=write_env(tmp_path, drop=("COMPOSE_FILE",)))
     assert r.returncode != 0 and "restartt" in r.stderr
 
 
@@ -97,21 +163,41 @@ def test_kafka_runs_kraft_single_node() -> None:
     assert "healthcheck" in kafka
     for name in HAILSTREAM_SERVICES:
         assert env(services()[name])["HAILSTREAM_BOOTSTRAP_SERVERS"] == "kafka:9092", name
+    assert "kafka" not in services(bundled=False)
 
 
-def test_dependencies_exist_and_start_in_order() -> None:
-    s = services()
+@pytest.mark.parametrize("bundled", [True, False], ids=["bundled-kafka", "own-kafka"])
+def test_dependencies_exist_and_start_in_order(bundled: bool) -> None:
+    s = services(bundled)
     for name, svc in s.items():
         deps = svc.get("depends_on", {})
         for dep in deps:
             assert dep in s, f"{name} depends on unknown service {dep}"
     for name in ("worker", "trainer"):
         deps = s[name]["depends_on"]
-        assert deps["kafka"]["condition"] == "service_healthy"
+        if bundled:
+            assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["topics"]["condition"] == "service_completed_successfully"
         assert deps["init-model"]["condition"] == "service_completed_successfully"
-    assert s["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    if bundled:
+        assert s["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert s["replay"]["profiles"] == ["demo"]
+
+
+def test_partitions_replication_and_secrets_are_settings_from_the_env_file() -> None:
+    text = COMPOSE.read_text() + KAFKA_OVERLAY.read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    example = env_example()
+    assert used - {"HAILSTREAM_HOST_DATA_DIR"} <= set(example), f"not in .env.example: {used - set(example)}"
+    base = env(services(bundled=False)["worker"])
+    assert base["HAILSTREAM_PARTITIONS"] == "${HAILSTREAM_PARTITIONS:-4}"
+    assert base["HAILSTREAM_REPLICATION_FACTOR"] == "${HAILSTREAM_REPLICATION_FACTOR:-1}"
+    for secret in ("HAILSTREAM_SASL_PASSWORD", "HAILSTREAM_MODEL_UPDATES_KEY"):
+        assert base[secret] == f"${{{secret}:-}}", secret
+    grafana = env(services()["grafana"])["GF_SECURITY_ADMIN_PASSWORD"]
+    assert grafana.startswith("${GRAFANA_ADMIN_PASSWORD:?"), "no default Grafana password"
+    assert "admin" not in example["GRAFANA_ADMIN_PASSWORD"] and example["HAILSTREAM_SASL_PASSWORD"] == "change-me"
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_volumes_are_declared_and_bind_mounts_exist() -> None:
@@ -147,7 +233,11 @@ def test_metrics_bind_all_interfaces_inside_containers_and_match_prometheus() ->
         # the trainer reads its own port setting, so a worker and a trainer can share one host
         port = e["HAILSTREAM_TRAINER_METRICS_PORT" if name == "trainer" else "HAILSTREAM_METRICS_PORT"]
         assert targets[f"hailstream-{name}"] == f"{name}:{port}"
-        assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
+        web = ["127.0.0.1:6066:6066"] if name == "worker" else []
+        assert s[name]["ports"] == [f"127.0.0.1:{port}:{port}", *web]
+    w = env(s["worker"])
+    assert (w["HAILSTREAM_WEB"], w["HAILSTREAM_WEB_BIND"], w["HAILSTREAM_WEB_HOST"], w["HAILSTREAM_WEB_PORT"]) == (
+        "true", "0.0.0.0", "worker", "6066")
     for name in HAILSTREAM_SERVICES - {"worker", "trainer"}:
         assert "HAILSTREAM_METRICS_BIND" not in env(s[name]), f"{name} serves no metrics: keep the 127.0.0.1 default"
 

@@ -198,3 +198,10 @@ def test_to_env_round_trips_for_child_processes():
     assert env["HAILSTREAM_PARTITIONS"] == "3" and "HAILSTREAM_SSL_CAFILE" not in env
     back = Settings.from_env(env=env)
     assert back == s and back.sasl_password == "pw"
+
+
+def test_replication_factor_is_a_setting_of_at_least_one() -> None:
+    assert Settings().replication_factor == 1
+    assert Settings.from_env({"HAILSTREAM_REPLICATION_FACTOR": "3"}).replication_factor == 3
+    with pytest.raises(SettingsError, match="HAILSTREAM_REPLICATION_FACTOR"):
+        Settings(replication_factor=0)

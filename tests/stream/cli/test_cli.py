@@ -126,6 +126,7 @@ def test_too_small_data_fails_clearly(tmp_path, capsys):
     ["demo", "--limit", "-5"], ["demo", "--limit", "0"], ["demo", "--max-rate", "-1"],
     ["demo", "--checkpoint", "/no/such/model.safetensors"], ["replay", "--dataset", "x", "--limit", "0"],
     ["train", "--dataset", "x", "--out", "y", "--epochs", "0"], ["demo", "--linger", "-1"],
+    ["replay", "--dataset", "x", "--backfill", "-1"], ["demo", "--backfill", "some"],
 ])
 def test_bad_arguments_exit_2_before_anything_starts(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -167,3 +168,9 @@ def test_help_imports_neither_torch_nor_faust():
             "heavy = [m for m in ('torch', 'faust', 'pandas') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_backfill_takes_a_count_or_all():
+    from stream.cli.main import _backfill
+
+    assert (_backfill("0"), _backfill("500"), _backfill("all"), _backfill("ALL")) == (0, 500, None, None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.data import Interactions
-from stream.cli.replay import Pacer, block_rows, generate_load, replay
+from stream.cli.replay import Pacer, backfill_rows, block_rows, generate_load, replay
 from stream.errors import BrokerError, SettingsError
 from stream.records import Interaction, parse_interaction
 from stream.settings import Settings
@@ -187,3 +187,28 @@ def test_invalid_pacing_fails_before_publishing() -> None:
     with pytest.raises(SettingsError, match="speed"):
         replay(_events(), SETTINGS, speed=0.0, progress=False, producer=prod)
     assert prod.sent == []
+
+
+def test_backfill_publishes_the_past_first_marked_and_unpaced() -> None:
+    prod, clock = FakeProducer(), FakeClock()
+    rows = np.array([1, 3, 4])  # block T1 and later; rows 0 and 2 are the training block
+    n = replay(_events(), SETTINGS, max_rate=1.0, progress=False, rows=rows, producer=prod, backfill=None,
+               clock=clock, sleep=clock.sleep)
+    assert n == 3  # the replayed events; the backfill comes on top
+    sent = [parse_interaction(v) for _, _, v in prod.sent]
+    assert [(p.event_id, p.backfill) for p in sent] == [
+        ("fsq:0", True), ("fsq:2", True), ("fsq:1", False), ("fsq:3", False), ("fsq:4", False)]
+    assert sum(clock.sleeps) == pytest.approx(2.0)  # only the 3 replayed events are paced (1/s)
+    prod = FakeProducer()
+    assert replay(_events(), SETTINGS, progress=False, start=3, producer=prod, backfill=2) == 2
+    assert [json.loads(v)["event_id"] for _, _, v in prod.sent] == ["fsq:1", "fsq:2", "fsq:3", "fsq:4"]
+    assert [json.loads(v).get("backfill", False) for _, _, v in prod.sent] == [True, True, False, False]
+
+
+def test_backfill_rows() -> None:
+    assert backfill_rows(5, np.array([1, 3, 4]), None).tolist() == [0, 2]
+    assert backfill_rows(5, np.array([1, 3, 4]), 1).tolist() == [2]
+    assert backfill_rows(5, np.array([1, 3, 4]), 0).tolist() == []
+    assert backfill_rows(5, np.array([3, 4]), 10).tolist() == [0, 1, 2]
+    with pytest.raises(SettingsError, match="backfill"):
+        backfill_rows(5, np.array([3]), -1)

@@ -90,7 +90,10 @@ def test_every_event_is_a_prediction_or_a_dead_letter():
     assert [(p.user_id, p.event_id) for p in preds] == [("u1", "e1"), ("u2", "in:2:15"), ("u1", "e3")]
     assert [k for k, _ in out.predictions] == [b"u1", b"u2", b"u1"]
     assert all(p.model_version == "echo-1" and p.k == 3 for p in preds)
+    last = table["u1"].pop("last")
     assert table["u1"] == {"items": ["a", "c"], "pred": ["c", "a"], "off": [2, 17], "eids": ["e1", "e3"]}
+    assert last == {"event_id": "e3", "scores": preds[-1].scores, "model_version": "echo-1",
+                    "produced_at": preds[-1].produced_at}
 
 
 def test_one_forward_pass_per_batch():
@@ -134,6 +137,8 @@ def test_results_do_not_depend_on_how_the_stream_is_batched():
         b = OnlineBaselines(popularity_window=50)
         outs, table, preq = run([sources(raws[s : s + size], start=s) for s in range(0, len(raws), size)], baselines=b)
         preds = [v for out in outs for _, v in out.predictions]
+        for value in table.values():  # wall-clock time of publication
+            value["last"].pop("produced_at")
         return [json.loads(p)["items"] for p in preds], table, {k: p.summary() for k, p in preq.items()}
 
     one, many = go(1), go(64)
