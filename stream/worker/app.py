@@ -4,8 +4,9 @@ and its timers (:func:`make_app`); :func:`stream.worker.process.run_worker` runs
 The agent only moves bytes: it takes micro-batches (``settings.worker.batch_size`` events or
 ``batch_timeout`` seconds), hands each to :func:`stream.worker.pipeline.handle_batch` (off the event
 loop) and writes the outcome through :class:`stream.worker.sink.FaustSink`: table values (with their
-changelog records), predictions, dead letters and drift signals, all sent without waiting per
-message (delivery is confirmed by Faust's flush before each offset commit, so at-least-once holds).
+changelog records), predictions, dead letters and drift signals: outputs first, acknowledged by the
+broker before the states are stored, states acknowledged before the batch's events are acked
+(:func:`stream.worker.sink.deliver`), so at-least-once holds across a kill -9.
 Faust settings follow BROKER.md (fast group joins, pre-created topics, earliest offset reset, no
 exactly-once, web server off and bound to 127.0.0.1). Timers: the consumer lag from the fetch high
 watermark once a second, and the stats file.
