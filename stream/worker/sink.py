@@ -180,8 +180,8 @@ class FaustSink:
         if self._batching() is None:
             # Through Faust's own buffer; the FutureMessage is settled like any send.
             fut = self.table.send_changelog(partition, key, value, value_serializer=value_serializer)
-            if isinstance(fut, asyncio.Future):
-                msg = getattr(fut, "message", None) or fut  # a FutureMessage
+            if isinstance(fut, asyncio.Future) and hasattr(fut, "message"):
+                msg: Any = getattr(fut, "message", None)  # a FutureMessage's PendingMessage
                 self._in_flight.append(_InFlight(fut, self.table.changelog_topic.get_topic_name(),
                                                  [Out(partition, msg.key, msg.value, _headers(msg.headers))]))
             return
