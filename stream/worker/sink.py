@@ -186,7 +186,8 @@ class FaustSink:
                                                  [Out(partition, msg.key, msg.value, _headers(msg.headers))]))
             return
         topic = self.table.changelog_topic
-        # The table's own serializers and headers: what Table.send_changelog would produce.
+        # The table's own serializers and headers: what Table.send_changelog would produce. (Its
+        # sent-callback only records a RocksDB store's persisted offset; make_app uses memory://.)
         msg = topic.as_future_message(
             key=key, value=value, partition=partition, key_serializer=self.table.key_serializer,
             value_serializer=value_serializer if value_serializer is not None else self.table.value_serializer,
