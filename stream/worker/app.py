@@ -4,8 +4,9 @@ and its timers (:func:`make_app`); :func:`stream.worker.process.run_worker` runs
 The agent only moves bytes: it takes micro-batches (``settings.worker.batch_size`` events or
 ``batch_timeout`` seconds), hands each to :func:`stream.worker.pipeline.handle_batch` (off the event
 loop) and writes the outcome through :class:`stream.worker.sink.FaustSink`: table values (with their
-changelog records), predictions, dead letters and drift signals, all sent without waiting per
-message (delivery is confirmed by Faust's flush before each offset commit, so at-least-once holds).
+changelog records), predictions, dead letters and drift signals: outputs first, acknowledged by the
+broker before the states are stored, states acknowledged before the batch's events are acked
+(:func:`stream.worker.sink.deliver`), so at-least-once holds across a kill -9.
 Faust settings follow BROKER.md (fast group joins, pre-created topics, earliest offset reset, no
 exactly-once, web server bound to 127.0.0.1 and off unless ``settings.worker.web``: then it serves
 :mod:`stream.worker.web`'s ``GET /users/<id>/recommendations``). Timers: the consumer lag from the fetch high
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -30,11 +32,13 @@ from stream.settings import Settings
 from stream.worker.batch import Source
 from stream.worker.pipeline import handle_batch
 from stream.worker.runtime import WorkerRuntime
-from stream.worker.sink import FaustSink, deliver
+from stream.worker.sink import FaustSink, SinkError, deliver
 
 log = logging.getLogger(__name__)
 
 PRODUCER_LINGER_S = 0.005
+#: The worker's exit status when its outputs cannot be produced (EX_SOFTWARE).
+SINK_FAILED_EXIT = 70
 
 
 def fetch_wait_ms(settings: Settings) -> int:
@@ -152,7 +156,16 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                 outcome = handle_batch(runtime, settings, batch, sink.get_state)
             else:
                 outcome = await loop.run_in_executor(runtime.executor, handle_batch, runtime, settings, batch, sink.get_state)
-            await deliver(outcome, sink, settings, runtime)
+            try:
+                await deliver(outcome, sink, settings, runtime)
+            except SinkError as e:
+                # Any way on (the agent's restart, a clean stop) could ack and commit this batch's
+                # offsets without its outputs: stop as a kill -9 would, and let a restart redeliver it.
+                log.critical("%s: exiting at once, without committing; a restart redelivers the batch", e)
+                with contextlib.suppress(Exception):
+                    runtime.write_stats()
+                logging.shutdown()
+                os._exit(SINK_FAILED_EXIT)
 
     if runtime.monitor is not None:
         monitor = runtime.monitor

@@ -225,6 +225,25 @@ def test_every_valid_event_gets_exactly_one_prediction_keyed_by_its_user(run: Ru
     assert len({p for ps in partitions_of.values() for p in ps}) >= 2  # spread over partitions
 
 
+def test_predictions_stay_on_the_users_input_partition_in_event_order(run: Run) -> None:
+    # The worker produces them in record batches per partition (stream.worker.sink.FaustSink): each
+    # must land on the partition Faust's partitioner picks for the key, which is the input's, and
+    # keep the input order there (so a user's predictions are in event order).
+    offset_of = {json.loads(r.value)["event_id"]: (r.partition, r.offset) for r in run.inputs
+                 if r.key and b"event_id" in r.value}
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for r in sorted(run.predictions, key=lambda r: (r.partition, r.offset)):
+        p = Prediction.from_json(r.value)
+        partition, offset = offset_of[p.event_id]
+        assert r.partition == partition
+        by_partition[r.partition].append(offset)
+        by_user[p.user_id].append(offset)
+    assert sum(map(len, by_partition.values())) == N
+    assert all(seq == sorted(seq) for seq in by_partition.values())
+    assert all(seq == sorted(seq) for seq in by_user.values())
+
+
 def test_malformed_messages_are_dead_letters_with_reasons_and_counts_reconcile(run: Run) -> None:
     letters = [json.loads(r.value) for r in run.dead_letters]
     assert sorted(d["reason"] for d in letters) == sorted(reason for _, _, reason in MALFORMED)
