@@ -30,7 +30,7 @@ from stream.kafka.changelog import read_changelog
 from stream.kafka.topics import TABLE_NAME, changelog_topic
 from stream.settings import Settings
 from stream.worker.batch import Source
-from stream.worker.pipeline import handle_batch
+from stream.worker.pipeline import BatchOutcome, handle_batch
 from stream.worker.runtime import WorkerRuntime
 from stream.worker.sink import FaustSink, SinkError, deliver
 
@@ -64,6 +64,20 @@ def tune_fetch_wait(app: faust.App, ms: int) -> bool:
         return False
     fetcher._fetch_max_wait_ms = ms
     return True
+
+
+async def deliver_or_exit(outcome: BatchOutcome, sink: FaustSink, settings: Settings, runtime: WorkerRuntime) -> None:
+    """:func:`deliver`; when the outputs cannot be produced (:class:`SinkError`), end the process at once."""
+    try:
+        await deliver(outcome, sink, settings, runtime)
+    except SinkError as e:
+        # Any way on (the agent's restart, a clean stop) could ack and commit this batch's offsets
+        # without its outputs: stop as a kill -9 would, and let a restart redeliver the batch.
+        log.critical("%s: exiting at once, without committing; a restart redelivers the batch", e)
+        with contextlib.suppress(Exception):
+            runtime.write_stats()
+        logging.shutdown()
+        os._exit(SINK_FAILED_EXIT)
 
 
 def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadir: Path | str | None = None) -> faust.App:
@@ -156,16 +170,7 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
                 outcome = handle_batch(runtime, settings, batch, sink.get_state)
             else:
                 outcome = await loop.run_in_executor(runtime.executor, handle_batch, runtime, settings, batch, sink.get_state)
-            try:
-                await deliver(outcome, sink, settings, runtime)
-            except SinkError as e:
-                # Any way on (the agent's restart, a clean stop) could ack and commit this batch's
-                # offsets without its outputs: stop as a kill -9 would, and let a restart redeliver it.
-                log.critical("%s: exiting at once, without committing; a restart redelivers the batch", e)
-                with contextlib.suppress(Exception):
-                    runtime.write_stats()
-                logging.shutdown()
-                os._exit(SINK_FAILED_EXIT)
+            await deliver_or_exit(outcome, sink, settings, runtime)
 
     if runtime.monitor is not None:
         monitor = runtime.monitor
