@@ -78,7 +78,9 @@ class Popularity(Baseline):
         count = float(self._counts[item]) if 0 < item < self.n_rows else 0.0
         if self.window is None:
             return count
-        return float(self._window_counts[item]) + count / (self._max_count + 1.0)
+        # float() on the whole: a numpy scalar in the sum would make it numpy.float64, which strict
+        # JSON encoders (orjson, Faust's when installed) refuse.
+        return float(self._window_counts[item] + count / (float(self._max_count) + 1.0))
 
     def _row(self) -> np.ndarray:
         if self.window is None:

@@ -67,13 +67,16 @@ def tune_fetch_wait(app: faust.App, ms: int) -> bool:
 
 
 async def deliver_or_exit(outcome: BatchOutcome, sink: FaustSink, settings: Settings, runtime: WorkerRuntime) -> None:
-    """:func:`deliver`; when the outputs cannot be produced (:class:`SinkError`), end the process at once."""
+    """:func:`deliver`; when the outputs cannot be produced (:class:`SinkError`, or any other error
+    while writing them, such as a value the serializer refuses), end the process at once."""
     try:
         await deliver(outcome, sink, settings, runtime)
-    except SinkError as e:
+    except Exception as e:
         # Any way on (the agent's restart, a clean stop) could ack and commit this batch's offsets
-        # without its outputs: stop as a kill -9 would, and let a restart redeliver the batch.
-        log.critical("%s: exiting at once, without committing; a restart redelivers the batch", e)
+        # without its outputs, and a crashed agent would leave a live worker that consumes nothing:
+        # stop as a kill -9 would, and let a restart redeliver the batch.
+        log.critical("%s: exiting at once, without committing; a restart redelivers the batch", e,
+                     exc_info=not isinstance(e, SinkError))
         with contextlib.suppress(Exception):
             runtime.write_stats()
         logging.shutdown()

@@ -333,7 +333,7 @@ def process_batch(
                 raise StreamError("the model failed on this event's sequence (see the worker log)")
             items, scores = answer
             produced_at = now()
-            rounded = [round(s, SCORE_DECIMALS) for s in scores]
+            rounded = [round(float(s), SCORE_DECIMALS) for s in scores]  # builtin floats: see test_state_types
             value = Prediction(p.user, p.event_id, items, rounded, k, version, p.ts, produced_at).to_json()
             predictions.append((p.user.encode(), value))
             stats.predictions += 1

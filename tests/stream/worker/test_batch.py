@@ -190,6 +190,29 @@ def test_with_a_real_model_and_cold_start_fallback():
     assert cold.items == ["a", "new-item"] and cold.model_version == "v7"  # recent popularity
 
 
+def _leaf_types(value):
+    if isinstance(value, dict):
+        return {t for v in value.values() for t in _leaf_types(v)}
+    if isinstance(value, list):
+        return {t for v in value for t in _leaf_types(v)}
+    return {type(value)}
+
+
+def test_state_types_are_builtin_so_any_json_encoder_takes_them():
+    # Faust serializes the table with orjson when it is installed, and orjson refuses numpy
+    # scalars (a stdlib-json venv does not notice: numpy.float64 is a float subclass). The
+    # cold-start answer (recent popularity) once carried numpy.float64 scores into the state.
+    vocab = ItemVocab(["a", "b"])
+    rec = OnlineRecommender(HAIL(HailConfig(hidden=8, layers=1, max_len=4, dropout=0.0), vocab.rows), vocab, "v1")
+    b = OnlineBaselines(popularity_window=10)
+    rec.fallback = b.popular
+    (out,), table, _ = run([sources([raw("u1", "a"), raw("u2", "cold"), raw("u2", "a")])], rec=rec, baselines=b)
+    assert {type(s) for s in b.popular(2)[1]} == {float}
+    assert table["u2"]["last"]["scores"] and _leaf_types(table) <= {str, int, float, bool, type(None)}
+    for _, value in out.predictions:
+        assert {type(s) for s in Prediction.from_json(value).scores} <= {float}
+
+
 def test_sampled_baselines_get_a_model_scorer_on_the_same_sample():
     b = OnlineBaselines(sample_every=3)
     preq = new_prequential(3, b)

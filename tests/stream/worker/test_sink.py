@@ -191,3 +191,32 @@ def test_a_send_that_keeps_failing_stops_the_delivery() -> None:
     with pytest.raises(SinkError, match="could not be produced"):
         asyncio.run(deliver(outcome, sink, SETTINGS, _runtime()))
     assert not sink.table.data  # no state stored: the event will be redelivered and predicted
+
+
+class _RefusingSink(ListSink):
+    """A sink whose serializer refuses the states (as orjson refused numpy scalars)."""
+
+    def put_state(self, user: str, partition: int, value: Any) -> None:
+        raise TypeError("Type is not JSON serializable: numpy.float64")
+
+
+@pytest.mark.parametrize("make_sink", [_RefusingSink, lambda: _sink(_Producer(fail=lambda n: True))],
+                         ids=["serializer-refuses", "send-keeps-failing"])
+def test_any_delivery_error_ends_the_worker_uncommitted_instead_of_crashing_the_agent(
+    make_sink: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.worker import app
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(app.os, "_exit", fake_exit)
+    monkeypatch.setattr(app.logging, "shutdown", lambda: None)  # keep pytest's own log handlers open
+    sink = make_sink()
+    outcome = BatchOutcome(updates={"u": Update(0, {"items": ["a"]})}, predictions=[(b"u", b"p")])
+    with pytest.raises(SystemExit):
+        asyncio.run(app.deliver_or_exit(outcome, sink, SETTINGS, _runtime()))
+    assert exits == [app.SINK_FAILED_EXIT]
