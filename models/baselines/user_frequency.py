@@ -7,14 +7,32 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from models.baselines.base import Baseline, History
+from models.errors import ModelsError
 
 
 class UserFrequency(Baseline):
     """The user's own items, most frequent first; ties by most recent, and every other item after
     them by popularity. With a history the history is the evidence; without, what
-    :meth:`learn_one` saw of the user (unbounded, unlike a truncated sequence)."""
+    :meth:`learn_one` saw of the user (unbounded, unlike a truncated sequence).
+
+    ``count_users=False`` keeps no per-user counts (only the popularity that fills the list):
+    for a caller that always passes the history, as the stream worker does with the sequence
+    its table holds, they would be memory that nothing reads.
+
+    >>> uf = UserFrequency(count_users=False).fit_events([("u", 3), ("u", 3), ("v", 2)])
+    >>> uf.predict_one("u", [2, 1, 2], k=3)    # the history's items, then popularity
+    [2, 1, 3]
+    >>> uf.predict_one("u", None, k=3)
+    Traceback (most recent call last):
+    ...
+    models.errors.ModelsError: this UserFrequency keeps no per-user counts (count_users=False): pass the history
+    """
 
     name = "user-frequency"
+
+    def __init__(self, count_users: bool = True) -> None:
+        self.count_users = count_users
+        super().__init__()
 
     def _reset(self) -> None:
         super()._reset()
@@ -36,6 +54,8 @@ class UserFrequency(Baseline):
         return last_step <= self._forgotten_at.get(item, -1)
 
     def _own(self, user: Hashable) -> dict[int, list[int]]:
+        if not self.count_users:
+            raise ModelsError("this UserFrequency keeps no per-user counts (count_users=False): pass the history")
         own = self._user_items.get(user, {})
         if self._forgotten_at:
             own = {i: st for i, st in own.items() if not self._stale(i, st[1])}
@@ -43,6 +63,8 @@ class UserFrequency(Baseline):
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         self._step += 1
+        if not self.count_users:
+            return
         stats = self._user_items.setdefault(user, {}).setdefault(item, [0, 0])
         if self._forgotten_at and self._stale(item, stats[1]):
             stats[0] = 0

@@ -184,13 +184,19 @@ def delete_topics(settings: Settings, names: Iterable[str] | None = None) -> lis
 
 def run_topics(settings: Settings | None = None, delete: bool = False) -> dict[str, int]:
     """``hailstream topics [--delete]``: create the topics (or delete them) and print what exists;
-    returns name -> partitions of the topics that now exist."""
+    returns name -> partitions of the topics that now exist.
+
+    The user-state table's changelog is one of them (compacted, one partition per interactions
+    partition), so a cluster that does not let clients create topics can be set up by an operator
+    once, with this command, before any worker starts; ``--delete`` drops it with the rest (the
+    states would otherwise outlive the events they came from)."""
     settings = settings or Settings.from_env()
+    changelog = {changelog_topic(settings): settings.partitions}
     if delete:
-        gone = delete_topics(settings)
+        gone = delete_topics(settings, [*settings.topics, *changelog])
         print(f"deleted {', '.join(gone) if gone else 'nothing (no hailstream topics)'}", flush=True)
         return {}
-    counts = ensure_topics(settings)
+    counts = ensure_topics(settings, changelog)
     for name, n in counts.items():
         print(f"{name}: {n} partition{'s' if n != 1 else ''}", flush=True)
     return counts

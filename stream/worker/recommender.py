@@ -246,6 +246,8 @@ class OnlineBaselines:
       whose counts and transitions are forgotten first (``forget_item``);
     - ``max_next`` (0 = unbounded): successors kept per item by the Markov baseline (the least
       frequent goes, see :class:`models.baselines.Markov`);
+    - user-frequency ranks the history it is given (the table's sequence) and keeps no per-user
+      counts of its own;
     - a prediction ranks only evidence items (the user's history, at most ``max_next``
       successors) and takes the rest from incrementally sorted popularity orders
       (:class:`models.baselines.RankedItems`), never a sort of the vocabulary; so does
@@ -281,7 +283,7 @@ class OnlineBaselines:
         self.sample_every = sample_every
         self._popularity = Popularity(window=popularity_window)
         made: dict[str, Baseline] = {"popularity": self._popularity, "markov": Markov(max_next or None),
-                                     "user-frequency": UserFrequency()}
+                                     "user-frequency": UserFrequency(count_users=False)}
         self._models = {n: made[n] for n in names}
         # Fallback popularity is used even when "popularity" is not one of the compared names.
         self._learners = list(self._models.values())

@@ -7,7 +7,14 @@ from collections.abc import Callable
 import pytest
 
 from stream.errors import SettingsError
-from stream.kafka.topics import admin_client, delete_topics, ensure_topics, partition_counts, run_topics
+from stream.kafka.topics import (
+    admin_client,
+    changelog_topic,
+    delete_topics,
+    ensure_topics,
+    partition_counts,
+    run_topics,
+)
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +60,9 @@ def test_run_topics_creates_then_deletes(
 ) -> None:
     s = settings_factory(create=False)
     assert run_topics(s) == {s.interactions_topic: 4, s.predictions_topic: 4, s.dead_letter_topic: 1,
-                             s.model_updates_topic: 1}
+                             s.model_updates_topic: 1, changelog_topic(s): 4}
     assert f"{s.dead_letter_topic}: 1 partition\n" in capsys.readouterr().out
     assert run_topics(s, delete=True) == {}
-    assert "deleted" in capsys.readouterr().out
+    assert f"{changelog_topic(s)}" in capsys.readouterr().out  # deleted with the rest
+    with admin_client(s) as admin:
+        assert partition_counts(admin, [*s.topics, changelog_topic(s)]) == {}

@@ -76,6 +76,22 @@ def test_user_frequency_orders_by_count_then_recency_then_popularity() -> None:
     assert uf.predict_one("nobody", None, k=2) == [9, 1]
 
 
+def test_user_frequency_without_user_counts_ranks_histories_alike_and_keeps_no_user_state() -> None:
+    ev = toy_events(400, seed=3)
+    stream = [(u, int(i[1:]) + 1) for u, i in zip(ev.users.tolist(), ev.items.tolist(), strict=True)]
+    counting, lean = UserFrequency(), UserFrequency(count_users=False)
+    for n, (user, item) in enumerate(stream):
+        counting.learn_one(user, item)
+        lean.learn_one(user, item)
+        hist = np.array([i for u, i in stream[max(0, n - 60): n + 1] if u == user][-8:])
+        for k in (1, 5, 12):
+            assert lean.predict_one(user, hist, k) == counting.predict_one(user, hist, k) == lean.predict_one_full(
+                user, hist, k)
+    assert not lean._user_items and counting._user_items
+    with pytest.raises(ModelsError, match="pass the history"):
+        lean.predict_one(stream[0][0], None, 3)
+
+
 def test_nearest_distance_orders_by_haversine() -> None:
     coords = np.array([[np.nan, np.nan], [40.70, -74.00], [40.80, -74.00], [40.71, -74.00], [40.70, -74.00],
                        [np.nan, np.nan]])
