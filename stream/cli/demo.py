@@ -52,8 +52,9 @@ __all__ = ["format_summary", "run_demo", "split_stream", "summarize"]
 DEMO_EPOCHS = 1
 #: The demo's starting model: a small 2-peer HAIL (32 wide, one layer) trained for
 #: :data:`DEMO_EPOCHS` epochs, so the stream starts within a minute on two cores; the trainer then
-#: fine-tunes it on the stream and the summary shows how accuracy changed with each version.
-DEMO_MODEL = {"hidden": 32, "layers": 1, "max_len": 50}
+#: fine-tunes it on the stream and the summary shows how accuracy changed with each version. With
+#: the history-aware output (``models.history``): what lifts the model above the counters offline.
+DEMO_MODEL = {"hidden": 32, "layers": 1, "max_len": 50, "history": "copy"}
 #: Events replayed with ``--drift`` when no ``--limit`` is given, and their pace (events/s) when no
 #: ``--max-rate`` is: slow enough that a fine-tune triggered by the shift finishes while the stream
 #: still runs, so the recovery is visible.
@@ -77,14 +78,14 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
                progress: bool = True) -> Path:
     """Train (or reuse from the model directory) the demo's small 2-peer HAIL on ``train_part``;
     ``progress`` shows a progress bar with the time left (stderr)."""
-    path = Path(settings.model_dir) / "demo" / f"{dataset}-hail2-small-e{epochs}.safetensors"
+    path = Path(settings.model_dir) / "demo" / f"{dataset}-hail2-small-copy-e{epochs}.safetensors"
     if path.exists():
         with contextlib.suppress(Exception):
             load_checkpoint(path)
             log(f"model: reusing {path}")
             return path
     split = leave_last_out(train_part)
-    log(f"model: training a small HAIL (2 SASRec peers of width {DEMO_MODEL['hidden']}, MED) on "
+    log(f"model: training a small HAIL (2 SASRec peers of width {DEMO_MODEL['hidden']}, MED, history output) on "
         f"{len(train_part):,} events, {epochs} epochs (cached for the next run) ...")
     t0 = time.perf_counter()
     result = train(split, preset("hail", peers=2, **DEMO_MODEL),
