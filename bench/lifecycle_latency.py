@@ -56,7 +56,7 @@ from stream.cli.procs import spawn_hailstream, stop_process
 from stream.cli.replay import generate_load
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import make_producer
-from stream.kafka.topics import changelog_topic, ensure_topics
+from stream.kafka.topics import ensure_worker_topics
 from stream.messages import CONTROL_KEY, trigger_message
 from stream.records import Prediction
 from stream.settings import Settings
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                      interactions_topic=f"bench-{tag}.in", predictions_topic=f"bench-{tag}.out",
                                      dead_letter_topic=f"bench-{tag}.dlq", model_updates_topic=f"bench-{tag}.models",
                                      model_dir=tmp / "models", metrics_port=0, trainer_metrics_port=0)
-        ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+        ensure_worker_topics(settings)
         wstats, tstats = tmp / "worker.json", tmp / "trainer.json"
         try:
             worker = _spawn(["worker", "--checkpoint", str(initial), "--stats-file", str(wstats)], settings,

@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stream.cli.procs import hailstream_argv
     from stream.cli.replay import replay
     from stream.kafka.broker import EmbeddedBroker
-    from stream.kafka.topics import changelog_topic, ensure_topics
+    from stream.kafka.topics import ensure_topics, ensure_worker_topics
     from stream.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="hs-throughput-"))
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 app_id=app_id, interactions_topic=topic, predictions_topic=f"p-{app_id}",
                 dead_letter_topic=f"d-{app_id}", model_updates_topic=f"m-{app_id}",
             )
-            ensure_topics(s, {changelog_topic(s): s.partitions})
+            ensure_worker_topics(s)
             target = n if paced_rate is None else args.latency_events
             procs: list[tuple[subprocess.Popen[Any], Path, Path]] = []
             try:

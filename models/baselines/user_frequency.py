@@ -48,7 +48,8 @@ class UserFrequency(Baseline):
 
     def forget_item(self, item: int) -> None:
         super().forget_item(item)
-        self._forgotten_at[int(item)] = self._step
+        if self.count_users:
+            self._forgotten_at[int(item)] = self._step
 
     def _stale(self, item: int, last_step: int) -> bool:
         return last_step <= self._forgotten_at.get(item, -1)
@@ -62,9 +63,9 @@ class UserFrequency(Baseline):
         return own
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
-        self._step += 1
         if not self.count_users:
             return
+        self._step += 1
         stats = self._user_items.setdefault(user, {}).setdefault(item, [0, 0])
         if self._forgotten_at and self._stale(item, stats[1]):
             stats[0] = 0

@@ -78,7 +78,8 @@ def demo_model(settings: Settings, dataset: str, train_part: Interactions, epoch
                progress: bool = True) -> Path:
     """Train (or reuse from the model directory) the demo's small 2-peer HAIL on ``train_part``;
     ``progress`` shows a progress bar with the time left (stderr)."""
-    path = Path(settings.model_dir) / "demo" / f"{dataset}-hail2-small-copy-e{epochs}.safetensors"
+    tag = "-".join(str(v) for v in DEMO_MODEL.values())  # another demo model, another cache file
+    path = Path(settings.model_dir) / "demo" / f"{dataset}-hail2-{tag}-e{epochs}.safetensors"
     if path.exists():
         with contextlib.suppress(Exception):
             load_checkpoint(path)

@@ -166,6 +166,12 @@ def ensure_topics(settings: Settings, extra: Mapping[str, int] | None = None) ->
     return counts
 
 
+def ensure_worker_topics(settings: Settings) -> dict[str, int]:
+    """:func:`ensure_topics` plus the user-state table's changelog (compacted, one partition per
+    interactions partition): every topic a worker reads or writes."""
+    return ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+
+
 def delete_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     """Delete the four hailstream topics (or ``names``); missing topics are skipped. Returns the
     names that were deleted. Used by tests: the embedded broker has no retention, so topics that
@@ -191,12 +197,11 @@ def run_topics(settings: Settings | None = None, delete: bool = False) -> dict[s
     once, with this command, before any worker starts; ``--delete`` drops it with the rest (the
     states would otherwise outlive the events they came from)."""
     settings = settings or Settings.from_env()
-    changelog = {changelog_topic(settings): settings.partitions}
     if delete:
-        gone = delete_topics(settings, [*settings.topics, *changelog])
+        gone = delete_topics(settings, [*settings.topics, changelog_topic(settings)])
         print(f"deleted {', '.join(gone) if gone else 'nothing (no hailstream topics)'}", flush=True)
         return {}
-    counts = ensure_topics(settings, changelog)
+    counts = ensure_worker_topics(settings)
     for name, n in counts.items():
         print(f"{name}: {n} partition{'s' if n != 1 else ''}", flush=True)
     return counts

@@ -17,7 +17,6 @@ import torch
 
 from stream.errors import StreamError
 from stream.kafka.model_updates import ModelUpdatesReader
-from stream.kafka.topics import changelog_topic
 from stream.lifeline import arm_exit_deadline, stop_self, watch_parent
 from stream.observe.metrics import Metrics, MetricsServer, serve_metrics
 from stream.observe.timeline import Timeline
@@ -89,7 +88,7 @@ def run_worker(
     prequential values every ``timeline_every`` events, drift detections, version changes), what
     ``hailstream report`` draws; without it nothing is recorded.
     """
-    from stream.kafka.topics import ensure_topics
+    from stream.kafka.topics import ensure_worker_topics
 
     ws = settings.worker
     if recommender is None and ws.checkpoint is None:
@@ -102,7 +101,7 @@ def run_worker(
             ws.checkpoint, peer=ws.peer, length_buckets=ws.length_buckets, state_cache=ws.state_cache
         )
     if ensure:
-        ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+        ensure_worker_topics(settings)
     metrics: Metrics | None = None
     server: MetricsServer | None = None
     listener: ModelUpdatesReader | None = None

@@ -29,7 +29,7 @@ from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
 from stream.cli.procs import child_env, hailstream_argv
 from stream.kafka.clients import make_consumer, make_producer
-from stream.kafka.topics import changelog_topic, delete_topics, ensure_topics
+from stream.kafka.topics import changelog_topic, delete_topics, ensure_worker_topics
 from stream.records import Prediction
 from stream.settings import Settings
 from stream.snapshots import WorkerSnapshot, read_worker_snapshot
@@ -131,7 +131,7 @@ def test_three_kill9_restarts_lose_no_event_and_leave_the_replayed_state(
 ) -> None:
     t0 = time.monotonic()
     settings = settings_factory(partitions=4, model_dir=tmp_path / "models")
-    ensure_topics(settings, {changelog_topic(settings): settings.partitions})
+    ensure_worker_topics(settings)
     events = _events()
     vocab = ItemVocab([f"i{j}" for j in range(ITEMS)])
     model = HAIL(HailConfig(n_peers=2, hidden=8, layers=1, max_len=20, dropout=0.0, seed=SEED), vocab.rows)
