@@ -106,11 +106,22 @@ class CopyHead(nn.Module):
         ``a``, ``b`` ``[N, S]``, ``gate_logit`` ``[N]``, ``key_items``/``succ_items`` ``[N, S]``
         item indices (the item at each slot, and the item that followed it).
 
-        Computed in log space (``logaddexp``) so that items the softmax finds very unlikely keep
-        a finite, differentiable log-probability; the padding column stays ``-inf``."""
-        p_copy = torch.zeros_like(logits).scatter_add_(1, key_items, a).scatter_add_(1, succ_items, b)
+        Only the slots' items change: each distinct slot item gets ``logaddexp(log_gen, log_copy)``
+        (log space, so an item the softmax finds very unlikely keeps a finite, differentiable
+        log-probability), every other item keeps ``log_gen``. Written as ``[N, 2S]`` values scattered
+        into ``log_gen`` rather than a dense ``logaddexp`` over all V items (its backward was the most
+        expensive op of a training step); a repeated item's slots are summed first and written once
+        (the others are sent to the padding column, which ends at ``-inf``)."""
         log_gen = F.log_softmax(logits, dim=-1) + F.logsigmoid(-gate_logit).unsqueeze(-1)
-        log_copy = p_copy.clamp_min(_TINY).log() + F.logsigmoid(gate_logit).unsqueeze(-1)
-        out = torch.logaddexp(log_gen, log_copy)
+        slots, order = torch.cat([key_items, succ_items], 1).sort(dim=1)  # equal items adjacent
+        p_copy = torch.cat([a, b], 1).gather(1, order)
+        with torch.no_grad():
+            first = torch.ones_like(slots, dtype=torch.bool)
+            first[:, 1:] = slots[:, 1:] != slots[:, :-1]
+            run = first.cumsum(1) - 1  # which distinct item of its row each slot is
+            where = slots.masked_fill(~first, PAD)  # one write per distinct item
+        total = torch.zeros_like(p_copy).scatter_add_(1, run, p_copy).gather(1, run)  # summed over its slots
+        log_copy = total.clamp_min(_TINY).log() + F.logsigmoid(gate_logit).unsqueeze(-1)
+        out = log_gen.scatter(1, where, torch.logaddexp(log_gen.gather(1, slots), log_copy))
         out[:, PAD] = float("-inf")
         return out

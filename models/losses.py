@@ -143,6 +143,60 @@ def truncation_mask(ce: torch.Tensor, beta: float) -> torch.Tensor:
     return keep.masked_fill(hardest, 0.0)
 
 
+class _MedTerms(torch.autograd.Function):
+    """Per-peer ``CE^k_i`` and soft term ``S^k_i`` (both ``[K, N]``, before truncation) of the coded
+    MED from K peers' logits ``[N, V]``, with the gradient written out, so that training keeps two
+    ``[N, V]`` tensors per peer (``p`` and ``r``) instead of autograd's dozen. With ``w`` the other
+    peers' weights (constants) and ``p = softmax(z)``:
+
+    ``∂CE_i/∂z_l = p_l - y_l``;
+    ``∂S_i/∂z_l = w_pos (p_l - y_l) + r_l - p_l Σ_j r_j`` with ``r_j = w_j p_j / (1 - p_j)``,
+
+    from ``∂ log(1 - p_j)/∂z_l = -p_j (δ_jl - p_l) / (1 - p_j)``. ``1 - p`` is at least ``1e-7`` (p = 1
+    would divide by 0) and is taken as ``-expm1(log p)`` where ``p > 0.5`` (exact near 1).
+    tests/models/test_coded_med.py checks values and gradients against plain autograd (float64)."""
+
+    @staticmethod
+    def forward(ctx, targets: torch.Tensor, gamma: float, *z: torch.Tensor):
+        k, n = len(z), targets.shape[0]
+        y = targets.view(n, 1)
+        logp = [F.log_softmax(zk, dim=-1) for zk in z]
+        ce = torch.stack([-lp.gather(1, y)[:, 0] for lp in logp])  # [K, N]
+        p = [lp.exp() for lp in logp]
+        pw = p if gamma == 1 else [pk.pow(gamma) for pk in p]
+        pw_sum = pw[0] + pw[1] if k == 2 else torch.stack(pw).sum(0)
+        uy = (1.0 - torch.exp(-ce)).pow(gamma)
+        w_pos = (uy.sum(0, keepdim=True) - uy) / (k - 1)  # [K, N]
+        neg, rs = [], []
+        for pk, pwk, lpk in zip(p, pw, logp, strict=True):
+            w = torch.sub(pw_sum, pwk)  # the other peers' weights (their mean below)
+            if k > 2:
+                w.div_(k - 1)
+            w.scatter_(1, y, 0.0)  # y_ij = 1: no unlikelihood term
+            q = torch.sub(1.0, pk).clamp_(min=1e-7)  # 1 - p; padding: p = 0, q = 1
+            near_one = (pk > 0.5).nonzero(as_tuple=True)  # at most one item per row
+            q[near_one] = torch.expm1(lpk[near_one]).neg_().clamp_(min=1e-7)
+            neg.append((w * q.log()).sum(1))
+            rs.append(w.mul_(pk).div_(q))  # w p / (1 - p)
+        soft = w_pos * ce - torch.stack(neg)
+        ctx.save_for_backward(targets, w_pos, *p, *rs)
+        return ce, soft
+
+    @staticmethod
+    def backward(ctx, g_ce: torch.Tensor, g_soft: torch.Tensor):
+        targets, w_pos, *saved = ctx.saved_tensors
+        k = len(saved) // 2
+        a = g_ce + g_soft * w_pos  # the (p - y) coefficient, [K, N]
+        grads = []
+        for i in range(k):
+            p, r = saved[i], saved[k + i]
+            dz = p * (a[i] - g_soft[i] * r.sum(1)).unsqueeze(-1)
+            dz.addcmul_(r, g_soft[i].unsqueeze(-1))
+            dz.scatter_add_(1, targets.view(-1, 1), -a[i].unsqueeze(-1))
+            grads.append(dz)
+        return None, None, *grads
+
+
 def coded_med(
     logits: Logits,
     targets: torch.Tensor,
@@ -176,21 +230,9 @@ def coded_med(
     if gamma < 0:
         raise ModelsError(f"med_gamma must be >= 0, not {gamma}")
     a = alpha_at(alpha, step, total_steps)
-    k = len(peers)
     n = targets.shape[0]
-    logp = torch.stack([F.log_softmax(z, dim=-1) for z in peers])  # [K, N, V]
-    ce = -logp.gather(2, targets.view(1, n, 1).expand(k, n, 1))[..., 0]  # [K, N]
-    with torch.no_grad():
-        m = truncation_mask(ce, beta)
-        p = logp.exp()
-        pw = p if gamma == 1 else p.pow(gamma)
-        w_neg = (pw.sum(0, keepdim=True) - pw) / (k - 1)  # [K, N, V]: mean over the other peers
-        p_y = p.gather(2, targets.view(1, n, 1).expand(k, n, 1))[..., 0]
-        uy = (1.0 - p_y).pow(gamma)
-        w_pos = (uy.sum(0, keepdim=True) - uy) / (k - 1)  # [K, N]
-        w_neg.scatter_(2, targets.view(1, n, 1).expand(k, n, 1), 0.0)  # y_ij = 1: no unlikelihood term
-    neg = (w_neg * log1m_exp(logp)).sum(2)  # [K, N]; padding: weight 0, log(1 - 0) = 0
-    soft = -(w_pos * -ce + neg)  # [K, N]
+    ce, soft = _MedTerms.apply(targets, float(gamma), *peers)
+    m = truncation_mask(ce.detach(), beta)
     hard_k = (m * ce).sum(1) / n
     soft_k = (m * soft).sum(1) / n
     loss = (a * hard_k + (1.0 - a) * soft_k).sum()
