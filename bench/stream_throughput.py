@@ -385,12 +385,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         one = result["workers"]["(defaults)"]["events_per_s"]
         result["latency"] = {}
         rate = one / 2
-        topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
-        ensure_topics(base.replace(interactions_topic=topic))
-        st = workers("", topic, rate)[0]
-        lat = st["topic_latency"]
-        result["latency"]["(defaults)"] = {"offered_rate": rate, **lat, "worker_stats_incl_warmup": st.get("latency_s")}
-        log(f"latency (defaults) at {rate:,.0f} events/s: {lat}")
+        for flags in args.latency_configs:  # each on its own paced topic, at the same offered rate
+            topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
+            ensure_topics(base.replace(interactions_topic=topic))
+            st = workers(flags, topic, rate)[0]
+            lat = st["topic_latency"]
+            name = flags or "(defaults)"
+            result["latency"][name] = {"offered_rate": rate, **lat, "worker_stats_incl_warmup": st.get("latency_s"),
+                                       "worker_batches": st.get("batches"), "worker_events": st.get("events")}
+            log(f"latency {name} at {rate:,.0f} events/s: {lat}")
 
         try:
             if args.pair:
@@ -512,10 +515,12 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Latency: Kafka time of the input record -> the prediction's `produced_at`, matched by event id, "
               f"over the events after the first {r['latency_warmup']} published (warm-up); paced replay, "
               f"{r['latency_events']} events.", "",
-              "| latency run | offered events/s | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+              "| latency run | offered events/s | p50 ms | p99 ms | max ms | events per batch |",
+              "|---|---:|---:|---:|---:|---:|"]
     for flags, lat in r["latency"].items():
+        per_batch = f"{lat['worker_events'] / lat['worker_batches']:.1f}" if lat.get("worker_batches") else ""
         lines.append(f"| one worker `{flags}` | {lat['offered_rate']:,.0f} | {_ms(lat.get('p50'))} | "
-                     f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} |")
+                     f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} | {per_batch} |")
     if pair and "latency" in pair:
         pl = pair["latency"]
         lines.append(f"| (d) 2 workers, all partitions | {pl['offered_rate']:,.0f} | {_ms(pl.get('p50'))} | "
@@ -551,7 +556,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"incremental-inference cache ({m['incremental_model']}, {m['incremental_cache_entries']} sequences): "
                   f"{b(m['incremental_cache_bytes_per_sequence'])} per cached sequence."]
     d0 = r["workers"]["(defaults)"]
-    lat0 = r["latency"]["(defaults)"]
+    lat0 = r["latency"].get("(defaults)") or {}
     inf = d0["per_event"]["inference_cpu_us_per_peer"]
     speedup = pair["speedup_vs_one"] if pair else None
     lines += ["", "| target (issue 14) | measured | |", "|---|---:|---|",
@@ -586,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo-limit", type=int, default=1000)
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--no-pair", dest="pair", action="store_false", help="skip the 2-worker runs (d)")
+    ap.add_argument("--latency-configs", nargs="*", default=[""],
+                    help="worker flag strings each given a latency run at half the default worker's rate")
     ap.add_argument("--latency-warmup", type=int, default=500, help="first paced events left out of the latency")
     ap.add_argument("--memory-events", type=int, default=20000, help="events replayed in-process for memory per user")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per step")

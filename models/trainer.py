@@ -295,6 +295,7 @@ def fine_tune(
     seed: int = 0,
     weight_decay: float = 0.0,
     epoch: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """A bounded number of optimisation steps (MED, or the model's loss) on ``data``, in place.
 
@@ -302,7 +303,7 @@ def fine_tune(
     sequences (cut into windows here). Batches cycle through a seeded permutation. ``epoch`` is
     what the loss sees (default: ``config.med_warmup_epochs``, i.e. distillation on). A fresh Adam
     is used per call (no optimizer state survives a model swap or growth). The module's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. ``on_step(done)`` is called after each step (progress).
 
     Returns ``{"steps", "loss" (mean), "first_loss", "last_loss", "seconds"}``.
     """
@@ -334,6 +335,8 @@ def fine_tune(
                 idx = order[pos : pos + batch_size]
                 pos += batch_size
                 losses.append(_step(model, opt, windows[idx].to(device), at_epoch, len(losses), steps)["loss"])
+                if on_step is not None:
+                    on_step(len(losses))
     finally:
         model.train(was_training)
     return {"steps": float(steps), "loss": float(np.mean(losses)), "first_loss": losses[0],

@@ -113,6 +113,8 @@ class TrainerSnapshot(_Snapshot):
     fine_tunes: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     running: bool = False
+    #: the running fine-tune's phase, steps done / total, elapsed and ETA seconds (None when idle)
+    progress: dict[str, Any] | None = None
     pending_request: str | None = None
     window: int = 0
     vocabulary: dict[str, Any] = field(default_factory=dict)

@@ -142,8 +142,31 @@ def live_line(worker: WorkerSnapshot, trainer: TrainerSnapshot | None, target: i
     if trainer is not None:
         out = trainer.outcomes
         line += (f" | fine-tunes {trainer.fine_tunes} ({out.get('promoted', 0)} promoted, "
-                 f"{out.get('rejected', 0)} rejected){' [fine-tuning]' if trainer.running else ''}")
+                 f"{out.get('rejected', 0)} rejected){fine_tune_note(trainer)}")
     return line
+
+
+def fine_tune_note(trainer: TrainerSnapshot) -> str:
+    """The running fine-tune as the live line shows it: steps done and time left, or the gate.
+
+    >>> fine_tune_note(TrainerSnapshot(running=True, progress={"phase": "training", "step": 20, "steps": 60,
+    ...                                                       "elapsed_s": 10.0, "eta_s": 20.0}))
+    ' [fine-tuning 20/60 steps, ~20 s left]'
+    >>> fine_tune_note(TrainerSnapshot(running=True, progress={"phase": "gating", "step": 60, "steps": 60}))
+    ' [fine-tuning: gating the candidate]'
+    >>> fine_tune_note(TrainerSnapshot(running=False))
+    ''
+    """
+    if not trainer.running:
+        return ""
+    p = trainer.progress or {}
+    if p.get("phase") == "training":
+        eta = p.get("eta_s")
+        left = f", ~{eta:.0f} s left" if eta is not None else ""
+        return f" [fine-tuning {p.get('step', 0)}/{p.get('steps', 0)} steps{left}]"
+    if p.get("phase") == "gating":
+        return " [fine-tuning: gating the candidate]"
+    return " [fine-tuning]"
 
 
 def drift_count(worker: WorkerSnapshot, timeline: list[dict[str, Any]]) -> int:

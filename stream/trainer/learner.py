@@ -82,8 +82,33 @@ class LiveState:
 
 
 @dataclass
+class Progress:
+    """Where a running fine-tune is: ``phase`` ``"training"`` (``step`` of ``steps`` done) or
+    ``"gating"`` (scoring the held-out slice), since ``started`` (``time.time()``).
+
+    >>> p = Progress(phase="training", step=20, steps=60, started=100.0)
+    >>> p.to_dict(now=110.0)["eta_s"]   # 10 s for 20 steps: 40 steps left, 20 s
+    20.0
+    """
+
+    phase: str = "queued"
+    step: int = 0
+    steps: int = 0
+    started: float = 0.0
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """The stats file's form, with ``elapsed_s`` and the training phase's ``eta_s`` (None
+        before the first step), from the mean step time so far."""
+        elapsed = max(0.0, (time.time() if now is None else now) - self.started) if self.started else 0.0
+        eta = elapsed / self.step * (self.steps - self.step) if self.phase == "training" and self.step else None
+        return {"phase": self.phase, "step": self.step, "steps": self.steps, "elapsed_s": round(elapsed, 1),
+                "eta_s": None if eta is None else round(eta, 1)}
+
+
+@dataclass
 class Job:
-    """A fine-tune's inputs, snapshotted by :meth:`Learner.prepare`."""
+    """A fine-tune's inputs, snapshotted by :meth:`Learner.prepare`; ``progress`` is updated by
+    :meth:`Learner.run` as it goes (read by the trainer's stats from another thread)."""
 
     reason: str
     base: LiveState
@@ -94,6 +119,7 @@ class Job:
     requested_at: float
     new_rows: int
     recycled_rows: int
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass
@@ -288,8 +314,14 @@ class Learner:
             if len(job.windows) == 0:
                 raise StreamError("no training data in the window (every sequence has < 2 known items)")
             cand = candidate_from(job.base.model, job.base.vocab, job.vocab, seed=cfg.seed + job.seq)
+            job.progress.phase, job.progress.steps, job.progress.started = "training", cfg.steps, time.time()
+
+            def at(step: int) -> None:
+                job.progress.step = step
+
             stats = fine_tune(cand, job.windows, cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                              seed=cfg.seed + job.seq, weight_decay=cfg.weight_decay)
+                              seed=cfg.seed + job.seq, weight_decay=cfg.weight_decay, on_step=at)
+            job.progress.phase = "gating"
             cand.eval()
             out.loss, out.first_loss, out.last_loss = stats["loss"], stats["first_loss"], stats["last_loss"]
             out.train_seconds = stats["seconds"]

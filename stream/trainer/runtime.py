@@ -278,6 +278,7 @@ class TrainerRuntime:
             fine_tunes=lrn.fine_tunes,
             outcomes=dict(lrn.outcomes),
             running=self.busy,
+            progress=self._job.progress.to_dict() if self.busy and self._job is not None else None,
             pending_request=lrn.pending_request,
             window=len(lrn.window),
             vocabulary={"items": len(lrn.capacity.vocab), "capacity": lrn.capacity.capacity,

@@ -70,7 +70,10 @@ def test_new_items_are_predicted_after_the_next_fine_tune_and_old_rows_are_kept(
     cand_before_tuning = learner_mod.candidate_from(job.base.model, job.base.vocab, job.vocab)
     for peer, old in zip(cand_before_tuning.networks, before, strict=True):
         assert torch.equal(peer.item_emb.weight[: len(OLD) + 1], old)  # growth keeps old rows bit-identical
+    assert job.progress.phase == "queued" and job.progress.to_dict()["eta_s"] is None
     out = learner.finish(learner.run(job))
+    # the progress the trainer's stats show while it runs: every step counted, then the gate
+    assert (job.progress.phase, job.progress.step, job.progress.steps) == ("gating", _config().steps, _config().steps)
 
     assert out.outcome == "promoted" and out.version == "v2" and learner.live.version == "v2"
     assert out.new_rows == 5 and len(learner.live.vocab) == 35
