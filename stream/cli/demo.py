@@ -146,12 +146,14 @@ def _timeline(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class _Console:
-    """The live line (rewritten in place on a terminal) and news lines above it."""
+    """The live line (rewritten in place on a terminal; elsewhere a plain line, but not the same
+    line again while nothing changes) and news lines above it."""
 
     def __init__(self, live: bool) -> None:
         self.live = live
         self.tty = sys.stdout.isatty()
         self._dangling = False
+        self._last = ""
 
     def say(self, text: str) -> None:
         if not self.live:
@@ -162,8 +164,9 @@ class _Console:
         print(text, flush=True)
 
     def line(self, text: str) -> None:
-        if not self.live:
+        if not self.live or (not self.tty and text == self._last):
             return
+        self._last = text
         print(text, end="\r" if self.tty else "\n", flush=True)
         self._dangling = self.tty
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from stream.cli.demo import check_port, trainer_sizing
-from stream.cli.demo_view import RunView, drift_report, format_summary, live_line, summarize
+from stream.cli.demo import _Console, check_port, trainer_sizing
+from stream.cli.demo_view import RunView, drift_report, fine_tune_note, format_summary, live_line, summarize
 from stream.cli.flags import settings_from_args
 from stream.cli.main import build_parser
 from stream.errors import StreamError
@@ -142,3 +142,19 @@ def test_demo_flags() -> None:
     s = settings_from_args(args, env={})
     assert (args.drift_at, args.no_trainer, args.linger, s.worker.metrics_port) == (300, True, 5.0, 0)
     assert (s.trainer.steps, s.trainer.tolerance) == (5, 1.0) and args.drift is False and args.drift_seed == 7
+
+
+def test_plain_console_prints_a_changed_line_only(capsys: pytest.CaptureFixture[str]) -> None:
+    console = _Console(live=True)  # captured stdout is not a terminal: plain lines
+    for text in ["events 1", "events 1", "events 2", "events 2", "events 2"]:
+        console.line(text)
+    console.say("news")
+    console.line("events 2")  # unchanged after the news: still not repeated
+    assert capsys.readouterr().out.splitlines() == ["events 1", "events 2", "news"]
+
+
+def test_fine_tune_note_shows_steps_and_time_left() -> None:
+    running = TrainerSnapshot(fine_tunes=1, running=True,
+                              progress={"phase": "training", "step": 30, "steps": 60, "elapsed_s": 6.0, "eta_s": 6.0})
+    assert fine_tune_note(running) == " [fine-tuning 30/60 steps, ~6 s left]"
+    assert fine_tune_note(TrainerSnapshot(running=True)) == " [fine-tuning]"  # an older trainer: no progress
