@@ -1,6 +1,6 @@
 """What every benchmark records besides its numbers, and how it writes them: the machine, the load,
-the command and the date (:func:`run_header`), a load sampler for long runs (:class:`LoadSampler`),
-and the results as ``<out>.json`` plus ``<out>.md`` (:func:`write_results`).
+the command and the date (:func:`run_header`), a load sampler for long runs (:class:`LoadSampler`), a
+process's resident memory (:func:`rss_mb`), and the results as ``<out>.json`` plus ``<out>.md`` (:func:`write_results`).
 
 Imported by the scripts as ``from _common import ...`` (``python bench/<script>.py`` puts ``bench/``
 on the path).
@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import sys
 import threading
 import time
@@ -30,6 +31,13 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return ""
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` (default: this one) in MB, from ``/proc/<pid>/statm``
+    (Linux); raises ``OSError`` when the process is gone."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
 
 
 def machine_info() -> dict[str, Any]:

@@ -15,7 +15,6 @@ third of each run is warm-up and not timed.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from models.data import load_dataset
 from models.hail import HAIL
 from models.presets import preset
 from models.vocab import ItemVocab
+from stream.records import Interaction
 from stream.settings import Settings
 from stream.worker.edge import Source
 from stream.worker.pipeline import handle_batch
@@ -62,8 +62,8 @@ def main() -> None:
     ev = load_dataset("foursquare-nyc")
     vocab = ItemVocab(sorted({str(i) for i in ev.items.tolist()}))
     model = HAIL(preset("hail", peers=2), vocab.rows).eval()
-    raws = [json.dumps({"user_id": str(ev.users[i]), "item_id": str(ev.items[i]), "ts": float(ev.ts[i]),
-                        "event_id": f"e{i}"}).encode() for i in range(min(args.events, len(ev)))]
+    raws = [Interaction(str(ev.users[i]), str(ev.items[i]), float(ev.ts[i]), event_id=f"e{i}").to_json()
+            for i in range(min(args.events, len(ev)))]
     res = run_header()
     res["rows"] = [{"size": n, "ms_per_batch": batch_ms(model, vocab, raws, n)} for n in args.sizes]
     sizes = np.array([r["size"] for r in res["rows"]], dtype=float)

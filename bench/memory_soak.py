@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
-from _common import run_header, write_results
+from _common import rss_mb, run_header, write_results
 
 from models.hail import HAIL, HailConfig
 from models.vocab import ItemVocab
@@ -27,12 +26,6 @@ from stream.settings import Settings
 from stream.worker.batch import Source, new_prequential, process_batch
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender
 from stream.worker.sink import evict_oldest
-
-
-def rss_mb() -> float:
-    """Resident set size now (``/proc/self/statm``), MB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

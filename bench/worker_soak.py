@@ -1,6 +1,6 @@
 """Worker memory on an endless stream, end to end (issue 12): a real ``hailstream worker`` process on
 the embedded broker sees ``--events`` events, each of a NEW user (the worst case for per-user state),
-with ``--max-users`` as its cap; its RSS (``/proc/<pid>/status``) is sampled against the events it
+with ``--max-users`` as its cap; its RSS (``/proc/<pid>/statm``) is sampled against the events it
 has processed (its stats file). The curve must level off once the cap is reached.
 
 :mod:`bench.memory_soak` measures the same in-process (``process_batch`` only, 1 M events); this
@@ -22,18 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, LoadSampler, run_header, write_results  # isort: skip - bench/ is on the path
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of ``pid`` in MB (Linux), None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+from _common import RESULTS, LoadSampler, rss_mb, run_header, write_results  # isort: skip - bench/ is on the path
 
 
 def main() -> None:
@@ -53,6 +42,7 @@ def main() -> None:
     from stream.kafka.broker import EmbeddedBroker
     from stream.kafka.clients import make_producer
     from stream.kafka.topics import ensure_worker_topics
+    from stream.records import Interaction
     from stream.settings import Settings
 
     res = run_header()
@@ -73,8 +63,8 @@ def main() -> None:
         producer = make_producer(s)
         t0 = time.time()
         for n in range(args.events):  # every event a new user
-            value = {"user_id": f"u{n}", "item_id": items[(n * 7919) % args.items], "ts": 1.7e9 + n, "event_id": f"e{n}"}
-            producer.send(s.interactions_topic, key=f"u{n}".encode(), value=json.dumps(value).encode())
+            event = Interaction(f"u{n}", items[(n * 7919) % args.items], 1.7e9 + n, event_id=f"e{n}")
+            producer.send(s.interactions_topic, key=event.user_id.encode(), value=event.to_json())
         producer.flush()
         producer.close()
         res["publish_s"] = time.time() - t0
@@ -98,7 +88,10 @@ def main() -> None:
                     events = int(json.loads(stats.read_text()).get("events", 0))
                 except (OSError, ValueError):
                     continue
-                rss = rss_mb(proc.pid)
+                try:
+                    rss = rss_mb(proc.pid)
+                except OSError:  # it exited between the poll and the read: the next poll says so
+                    continue
                 res["samples"].append({"t": round(time.time() - started, 1), "events": events, "rss_mb": rss})
                 print(f"{events:>9,} events  RSS {rss:.0f} MB", flush=True)
                 if events >= args.events:
@@ -111,7 +104,7 @@ def main() -> None:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    samples = [s for s in res["samples"] if s["rss_mb"] is not None]
+    samples = res["samples"]
     lines = [f"Command: `{res['command']}`", f"Machine: {res['machine']}", f"Date: {res['date']}; load average "
              f"before {res['loadavg_start'][0]:.2f}, during {res.get('load_average')}", "",
              f"{res['events']:,} events, each of a new user; worker `--max-users {res['max_users']}`; "

@@ -153,7 +153,7 @@ class _MedTerms(torch.autograd.Function):
     ``∂S_i/∂z_l = w_pos (p_l - y_l) + r_l - p_l Σ_j r_j`` with ``r_j = w_j p_j / (1 - p_j)``,
 
     from ``∂ log(1 - p_j)/∂z_l = -p_j (δ_jl - p_l) / (1 - p_j)``. ``1 - p`` is at least ``1e-7`` (p = 1
-    would divide by 0) and is taken as ``-expm1(log p)`` where ``p > 0.5`` (exact near 1).
+    would divide by 0) and comes from :func:`log1m_exp` where ``p > 0.5`` (exact near 1).
     tests/models/test_coded_med.py checks values and gradients against plain autograd (float64)."""
 
     @staticmethod
@@ -174,8 +174,8 @@ class _MedTerms(torch.autograd.Function):
                 w.div_(k - 1)
             w.scatter_(1, y, 0.0)  # y_ij = 1: no unlikelihood term
             q = torch.sub(1.0, pk).clamp_(min=1e-7)  # 1 - p; padding: p = 0, q = 1
-            near_one = (pk > 0.5).nonzero(as_tuple=True)  # at most one item per row
-            q[near_one] = torch.expm1(lpk[near_one]).neg_().clamp_(min=1e-7)
+            near_one = (pk > 0.5).nonzero(as_tuple=True)  # at most one item per row: exact there
+            q[near_one] = log1m_exp(lpk[near_one]).exp_()
             neg.append((w * q.log()).sum(1))
             rs.append(w.mul_(pk).div_(q))  # w p / (1 - p)
         soft = w_pos * ce - torch.stack(neg)
