@@ -65,6 +65,7 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "hail-k3+copy": ("hail", 3, {"history": "copy"}),
     "hail-published": ("hail", 2, PUBLISHED),
     "hail-published+copy": ("hail", 2, {**PUBLISHED, "history": "copy"}),
+    "sasrec-recbole": ("sasrec", 1, {"heads": 2, "ffn": 256, "activation": "gelu", "dropout": 0.5}),
     "sasrec-recbole+copy": ("sasrec", 1, {"heads": 2, "ffn": 256, "activation": "gelu", "dropout": 0.5,
                                           "history": "copy"}),
     # the earlier reconstructions of MED, as 1-seed ablations
@@ -72,6 +73,15 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "hail-unlikelihood+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "unlikelihood"}),
     "hail-exclusive+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "exclusive"}),
 }
+# Every row above counts SASRec positions from the window's end (the default until 2026-12-03, when
+# these rows were run); "-start": the same row with positions from the window's start (the default
+# since, models/encoders.py).
+for _name, (_model, _peers, _spec) in ROWS.items():
+    ROWS[_name] = (_model, _peers, {"positions": "end", **_spec})
+for _name in ("sasrec", "ensemble", "hail-shared"):
+    for _copy in ("", "+copy"):
+        _model, _peers, _spec = ROWS[_name + _copy]
+        ROWS[f"{_name}-start{_copy}"] = (_model, _peers, {**_spec, "positions": "start"})
 LABELS = {
     "sasrec": "SASRec (1 peer)",
     "ensemble": "2 SASRec, λ=0 (ensemble)",
@@ -89,7 +99,9 @@ LABELS = {
 
 def label(row: str) -> str:
     base, copy = (row[: -len("+copy")], True) if row.endswith("+copy") else (row, False)
-    return LABELS.get(base, base) + (" + history output" if copy else "")
+    base, start = (base[: -len("-start")], True) if base.endswith("-start") else (base, False)
+    return (LABELS.get(base, base) + (", positions from the start" if start else "")
+            + (" + history output" if copy else ""))
 
 
 def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> list[float]:
@@ -262,10 +274,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        results = merge(args.merge)
-        compare(results, args.compare)
-        write(results, out)
-        print(markdown(results))
+        merged = merge(args.merge)
+        compare(merged, args.compare)
+        write(merged, out)
+        print(markdown(merged))
         return
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {

@@ -22,7 +22,8 @@ inference / baselines / finish; ``busy_cpu_s``), wall microseconds of the send (
 ``busy_s["send"]``) and the whole process's CPU (``/proc/<pid>/stat``, from its first batch on).
 Memory per user: the table state's bytes (JSON, as stored and changelogged, and in Python) for users
 with a full sequence, and the incremental-inference cache's bytes per cached sequence
-(:meth:`models.incremental.IncrementalScorer.bytes_per_entry`, a GRU4Rec HAIL of the same size).
+(:meth:`models.incremental.IncrementalScorer.bytes_per_entry`: of the served model with
+``--positions start``, else of a GRU4Rec HAIL of the same size).
 
     python bench/stream_throughput.py --skip-demo     # 20k events; at load ~7 on 2 cores, 10k events took 11 min
     python bench/stream_throughput.py --configs "" --events 10000 --latency-events 3000 --skip-demo
@@ -216,8 +217,12 @@ def memory_per_user(events: Any, model: Any, vocab: Any, n: int) -> dict[str, An
     full = [v for v in table.values() if len(v["items"]) == settings.max_seq_len]
     json_b = [len(json.dumps(v, separators=(",", ":"))) for v in full]
     py_b = [deep(v) for v in full]
-    gru = HAIL(HailConfig(n_peers=PEERS, encoders=("gru4rec",), hidden=64, layers=2, max_len=50), vocab.rows).eval()
-    inc = IncrementalScorer(gru, capacity=10_000)
+    if IncrementalScorer.supports(model):
+        cached, what = model.eval(), f"the served HAIL, {PEERS}x SASRec with positions from the start"
+    else:  # a GRU4Rec HAIL of the same size: the served SASRec (positions from the end) has no state
+        cached = HAIL(HailConfig(n_peers=PEERS, encoders=("gru4rec",), hidden=64, layers=2, max_len=50), vocab.rows).eval()
+        what = f"HAIL {PEERS}x GRU4Rec"
+    inc = IncrementalScorer(cached, capacity=10_000)
     seqs = [vocab.lookup(v["items"][: settings.max_seq_len - 1]) for v in table.values()]
     seqs = [s_[s_ > 0] for s_ in seqs if (s_ > 0).sum() < settings.max_seq_len][:2000]
     for start in range(0, len(seqs), 256):
@@ -228,7 +233,7 @@ def memory_per_user(events: Any, model: Any, vocab: Any, n: int) -> dict[str, An
         "table_python_bytes_per_full_user": float(np.mean(py_b)) if py_b else None,
         "incremental_cache_entries": len(inc),
         "incremental_cache_bytes_per_sequence": inc.bytes_per_entry(),
-        "incremental_model": f"HAIL {PEERS}x GRU4Rec, hidden 64, 2 layers",
+        "incremental_model": f"{what}, hidden 64, 2 layers",
     }
 
 
@@ -253,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"uptime before: {uptime()}", flush=True)
     events = load_dataset("foursquare-nyc")
     vocab = ItemVocab(events.items.tolist())
-    model = HAIL(HailConfig(n_peers=2, hidden=64, layers=2, max_len=50), vocab.rows)
+    model = HAIL(HailConfig(n_peers=2, hidden=64, layers=2, max_len=50, positions=args.positions), vocab.rows)
     ckpt = tmp / "model.safetensors"
     save_checkpoint(ckpt, model, vocab, {"version": "bench"})
     n = args.events
@@ -262,7 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(shlex.quote(a) for a in sys.argv),
         "machine": machine_info(), "events": n, "latency_events": args.latency_events,
         "latency_warmup": args.latency_warmup, "model": "HAIL 2x SASRec, hidden 64, 2 layers, max_len 50, "
-        f"{vocab.rows - 1} items (full ranking), torch threads 1", "rates": {}, "workers": {},
+        f"positions from the {args.positions}, {vocab.rows - 1} items (full ranking), torch threads 1",
+        "rates": {}, "workers": {},
     }
 
     def log(msg: str) -> None:
@@ -596,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-warmup", type=int, default=500, help="first paced events left out of the latency")
     ap.add_argument("--memory-events", type=int, default=20000, help="events replayed in-process for memory per user")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per step")
+    ap.add_argument("--positions", choices=("end", "start"), default="end",
+                    help="the served model's SASRec positions (start: the worker's state cache serves it incrementally)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_throughput")
     args = ap.parse_args(argv)
     if "" not in args.configs:

@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.errors import ModelsError
+from models.names import POSITIONS
 from models.vocab import PAD
 
 ENCODERS = ("sasrec", "gru4rec", "bert4rec")
@@ -142,17 +143,28 @@ class _FeedForward(nn.Module):
 class SASRecEncoder(SequenceEncoder):
     """Causal self-attention encoder (pre-LN SASRec).
 
-    Positions are counted from the end (last item = 1), which for a window of exactly ``max_len``
-    is SASRec's absolute numbering, and makes the output independent of the padding length.
+    ``positions="end"`` (the default) counts positions from the end (last item = 1), which for a
+    window of exactly ``max_len`` is SASRec.pytorch's numbering. ``"start"`` counts them from the
+    window's first real item (first item = 1), as RecBole's SASRec and GPT-style models do: a
+    training query at position t then looks like a serving query after t items, and appending an
+    item leaves every earlier position's input unchanged (what a key/value cache needs). Either
+    way the output does not depend on the padding length.
+
+    >>> enc = SASRecEncoder(6, 8, 1, 1, 0.0, 4, positions="start").eval()
+    >>> enc.positions_of(torch.tensor([[0, 0, 3, 5], [1, 2, 3, 4]])).tolist()
+    [[0, 0, 1, 2], [1, 2, 3, 4]]
     """
 
     def __init__(
         self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
-        ffn: int | None = None, activation: str = "relu",
+        ffn: int | None = None, activation: str = "relu", positions: str = "end",
     ) -> None:
         super().__init__(n_rows, hidden, max_len)
         if activation not in ACTIVATIONS:
             raise ModelsError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+        if positions not in POSITIONS:
+            raise ModelsError(f"positions must be one of {POSITIONS}, not {positions!r}")
+        self.positions = positions
         if hidden % heads:
             raise ModelsError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.heads = heads
@@ -190,13 +202,20 @@ class SASRecEncoder(SequenceEncoder):
             x = x + ff(ff_norm(x))
         return self.last_norm(x)
 
+    def positions_of(self, seq_or_padding: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` position indices (1.. for real items, 0 for padding) of a batch of item
+        indices, or of a bool padding mask (True = pad)."""
+        padding = seq_or_padding if seq_or_padding.dtype == torch.bool else seq_or_padding == PAD
+        batch, length = padding.shape
+        if self.positions == "start":
+            positions = (~padding).long().cumsum(1)
+        else:
+            positions = torch.arange(length, 0, -1, device=padding.device).expand(batch, length)
+        return positions.masked_fill(padding, PAD)
 
     def _embed(self, item_emb_of_seq: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """Scaled item embeddings plus positions counted from the end (padding gets position 0)."""
-        batch, length, _ = item_emb_of_seq.shape
-        positions = torch.arange(length, 0, -1, device=padding.device).expand(batch, length)
-        positions = positions.masked_fill(padding, PAD)
-        return item_emb_of_seq * math.sqrt(self.hidden) + self.pos_emb(positions)
+        """Scaled item embeddings plus positions (:meth:`positions_of`; padding gets 0)."""
+        return item_emb_of_seq * math.sqrt(self.hidden) + self.pos_emb(self.positions_of(padding))
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden state of the last position; in eval mode via :meth:`_encode_last` (same answer,
@@ -207,16 +226,17 @@ class SASRecEncoder(SequenceEncoder):
             raise ModelsError(f"sequences must be a [B, L] LongTensor, got shape {tuple(seq.shape)}")
         return self._encode_last(seq)
 
-    def _encode_last(self, seq: torch.Tensor) -> torch.Tensor:
+    def _encode_last(self, seq: torch.Tensor, keys: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Eval-mode ``encode``: the same blocks as :meth:`forward` without dropout, written with
         ``scaled_dot_product_attention`` and the module's own weights, where the final block
         computes the query, attention and feed-forward of the last position only (its keys and
-        values still come from every position)."""
+        values still come from every position). With ``keys`` (a list), appends each block's
+        ``(K, V)`` ``[B, L', H]`` (L' = the columns kept: all-padding columns are dropped)."""
         if seq.shape[1] > self.max_len:
             raise ModelsError(f"sequence length {seq.shape[1]} exceeds max_len {self.max_len}; keep the last max_len items")
         padding = seq == PAD
-        # Columns that are padding in every row change nothing (positions count from the end and
-        # padded keys are masked): drop them, keeping at least the last column.
+        # Columns that are padding in every row change nothing (positions count from either end
+        # of the real items and padded keys are masked): drop them, keeping at least the last column.
         real = (~padding).any(0)
         first = int(real.to(torch.int8).argmax()) if bool(real.any()) else seq.shape[1] - 1
         if first:
@@ -233,29 +253,73 @@ class SASRecEncoder(SequenceEncoder):
             zip(self.attn_norms, self.attns, self.ff_norms, self.ffs, strict=True)
         ):
             q = attn_norm(x)
+            mask = allowed
             if n < n_blocks - 1:
-                x = x + self._attend(attn, q, q, allowed)
-                x = x + ff(ff_norm(x))
-            else:
-                x = x[:, -1:] + self._attend(attn, q[:, -1:], q, allowed[:, :, -1:])
-                x = x + ff(ff_norm(x))
+                query, k, v = self._projections(attn, q).chunk(3, dim=-1)
+            else:  # the last block: only the last position's query
+                k, v = self._keys(attn, q)
+                query, x, mask = self._query(attn, q[:, -1:]), x[:, -1:], allowed[:, :, -1:]
+            if keys is not None:
+                keys.append((k, v))
+            x = x + self._attend(attn, query, k, v, mask)
+            x = x + ff(ff_norm(x))
         return self.last_norm(x[:, -1])
 
+    def step(
+        self, items: torch.Tensor, positions: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]],
+        past_real: torch.Tensor, new_real: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """New items appended to cached keys/values (eval mode; exact only with
+        ``positions="start"``, where earlier positions never change).
+
+        ``items``, ``positions``, ``new_real`` ``[B, Q]``: up to Q new items per row (oldest first),
+        their positions (1-based from the window's start) and which slots hold one (the rest are
+        right padding); ``past`` = per block ``(K, V)`` ``[B, T, H]`` of the earlier positions,
+        ``past_real`` ``[B, T]`` bool (False = no earlier item there). Returns the hidden state
+        after each new item ``[B, Q, H]`` (what :meth:`encode` gives for the sequence up to it)
+        and per block the new items' ``(k, v)`` ``[B, Q, H]``.
+        """
+        if self.positions != "start":
+            raise ModelsError("step() needs positions='start': with positions from the end every key changes")
+        q_len = items.shape[1]
+        x = self.item_emb(items) * math.sqrt(self.hidden) + self.pos_emb(positions.masked_fill(~new_real, PAD))
+        among_new = (_causal(q_len, items.device) & new_real.unsqueeze(1)) | _diagonal(q_len, items.device)
+        allowed = torch.cat([past_real.unsqueeze(1).expand(-1, q_len, -1), among_new], 2).unsqueeze(1)  # [B, 1, Q, T+Q]
+        new = []
+        for (attn_norm, attn, ff_norm, ff), (pk, pv) in zip(
+            zip(self.attn_norms, self.attns, self.ff_norms, self.ffs, strict=True), past, strict=True
+        ):
+            q, k, v = self._projections(attn, attn_norm(x)).chunk(3, dim=-1)
+            new.append((k, v))
+            x = x + self._attend(attn, q, torch.cat([pk, k], 1), torch.cat([pv, v], 1), allowed)
+            x = x + ff(ff_norm(x))
+        return self.last_norm(x), new
+
+    @staticmethod
+    def _projections(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values in one product: ``[..., 3H]``."""
+        assert isinstance(attn, nn.MultiheadAttention)
+        return F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+
+    def _query(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(attn, nn.MultiheadAttention) and attn.in_proj_bias is not None
+        hid = self.hidden
+        return F.linear(x, attn.in_proj_weight[:hid], attn.in_proj_bias[:hid])
+
+    def _keys(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(attn, nn.MultiheadAttention) and attn.in_proj_bias is not None
+        hid = self.hidden
+        k, v = F.linear(x, attn.in_proj_weight[hid:], attn.in_proj_bias[hid:]).chunk(2, dim=-1)
+        return k, v
+
     def _attend(
-        self, attn: nn.Module, query: torch.Tensor, source: torch.Tensor, allowed: torch.Tensor
+        self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
     ) -> torch.Tensor:
-        """``nn.MultiheadAttention`` (eval mode, no weights returned) for ``query`` ``[B, Lq, H]``
-        over ``source`` ``[B, L, H]``; ``allowed`` is ``[B, 1, Lq, L]`` bool."""
+        """``nn.MultiheadAttention`` (eval mode, no weights returned) from projected queries ``q``
+        ``[B, Lq, H]`` and keys/values ``[B, L, H]``; ``allowed`` is ``[B, 1, Lq, L]`` bool."""
         assert isinstance(attn, nn.MultiheadAttention)
         hid, heads = self.hidden, self.heads
-        weight, bias = attn.in_proj_weight, attn.in_proj_bias
-        assert bias is not None
-        batch, lq, _ = query.shape
-        if query is source:
-            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
-        else:
-            q = F.linear(query, weight[:hid], bias[:hid])
-            k, v = F.linear(source, weight[hid:], bias[hid:]).chunk(2, dim=-1)
+        batch, lq, _ = q.shape
         d = hid // heads
         q = q.reshape(batch, lq, heads, d).transpose(1, 2)
         k = k.reshape(batch, -1, heads, d).transpose(1, 2)
@@ -323,9 +387,9 @@ class BERT4RecEncoder(SASRecEncoder):
 
     def __init__(
         self, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
-        ffn: int | None = None, activation: str = "gelu",
+        ffn: int | None = None, activation: str = "gelu", positions: str = "end",
     ) -> None:
-        super().__init__(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation)
+        super().__init__(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation, positions)
         self.mask_emb = nn.Parameter(torch.randn(hidden) * EMBEDDING_STD)
 
     def _attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
@@ -364,15 +428,15 @@ class BERT4RecEncoder(SASRecEncoder):
 
 def make_encoder(
     kind: str, n_rows: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int,
-    ffn: int | None = None, activation: str | None = None,
+    ffn: int | None = None, activation: str | None = None, positions: str = "end",
 ) -> SequenceEncoder:
     """Build an encoder by name (one of :data:`ENCODERS`). ``ffn`` (inner width of the
-    feed-forward, default ``hidden``) and ``activation`` (default ReLU; GELU for BERT4Rec) apply
-    to the self-attention encoders."""
+    feed-forward, default ``hidden``), ``activation`` (default ReLU; GELU for BERT4Rec) and
+    ``positions`` (:class:`SASRecEncoder`) apply to the self-attention encoders."""
     if kind == "sasrec":
-        return SASRecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "relu")
+        return SASRecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "relu", positions)
     if kind == "bert4rec":
-        return BERT4RecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "gelu")
+        return BERT4RecEncoder(n_rows, hidden, layers, heads, dropout, max_len, ffn, activation or "gelu", positions)
     if kind == "gru4rec":
         return GRU4RecEncoder(n_rows, hidden, layers, dropout, max_len)
     raise ModelsError(f"unknown encoder {kind!r}; use one of {ENCODERS}")

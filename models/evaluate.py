@@ -28,7 +28,7 @@ import torch
 
 from models.errors import ModelsError
 from models.metrics import rank_of_target, summarize
-from models.padding import left_pad
+from models.padding import left_pad, window_start
 from models.splits import SequenceSplit, Stage
 
 if TYPE_CHECKING:
@@ -49,14 +49,17 @@ class Scorer(Protocol):
 class ModelScorer:
     """Adapts a HAIL model to :class:`Scorer`: left-pads histories to ``max_len`` (default: the
     model's ``config.max_len``) and returns ``model.log_probs`` (the peers' mean, or one ``peer``).
+    ``stride`` > 0 cuts each history where :func:`models.padding.window_start` says (the worker's
+    ``HAILSTREAM_WINDOW_STRIDE``) instead of at its last ``max_len`` items.
 
     The model is put in eval mode while scoring and restored afterwards, so a trainer can call the
     evaluator between epochs.
     """
 
-    def __init__(self, model: HAIL, peer: int | None = None, max_len: int | None = None) -> None:
+    def __init__(self, model: HAIL, peer: int | None = None, max_len: int | None = None, stride: int = 0) -> None:
         self.model = model
         self.peer = peer
+        self.stride = stride
         if max_len is None:
             max_len = int(getattr(getattr(model, "config", None), "max_len", 0) or 0)
             if max_len <= 0:
@@ -65,6 +68,8 @@ class ModelScorer:
 
     def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         device = next(self.model.parameters()).device
+        if self.stride:
+            histories = [h[window_start(len(h), self.max_len, self.stride) :] for h in histories]
         seqs = left_pad(histories, self.max_len).to(device)
         was_training = self.model.training
         self.model.eval()

@@ -49,7 +49,7 @@ from models.losses import (
     ensemble_cross_entropy,
     mutual_exclusivity_distillation,
 )
-from models.names import HISTORY
+from models.names import HISTORY, POSITIONS
 from models.vocab import PAD
 
 DISTILL = ("med", "dml", "none")
@@ -63,7 +63,11 @@ class HailConfig:
     ``med_alpha``/``med_beta``/``med_gamma`` set the coded MED (``med_form="coded"``, DESIGN §3);
     ``med_weight``, ``med_topk``, ``med_aggregate`` and ``med_gate`` (False: the "no correct
     gate" ablation) only apply to the reconstructed forms. ``ffn`` = 0 means ``hidden``;
-    ``activation`` "" means the encoder's default (ReLU; GELU for BERT4Rec).
+    ``activation`` "" means the encoder's default (ReLU; GELU for BERT4Rec). ``positions``
+    ("start" or "end", :class:`models.encoders.SASRecEncoder`): where the self-attention peers
+    count positions from. "start" (the default since 2026-12-03) has the same accuracy as "end"
+    on NYC and Beauty (bench/RESULTS.md) and lets the worker serve SASRec peers incrementally
+    (:mod:`models.incremental`); checkpoints written before the field existed load as "end".
     """
 
     n_peers: int = 2
@@ -91,6 +95,7 @@ class HailConfig:
     ffn: int = 0
     activation: str = ""
     mask_prob: float = 0.2
+    positions: str = "start"
 
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
@@ -118,6 +123,8 @@ class HailConfig:
             raise ModelsError(f"history must be one of {HISTORY}, not {self.history!r}")
         if self.activation and self.activation not in ACTIVATIONS:
             raise ModelsError(f"activation must be '' (the encoder's default) or one of {ACTIVATIONS}")
+        if self.positions not in POSITIONS:
+            raise ModelsError(f"positions must be one of {POSITIONS}, not {self.positions!r}")
         if self.ffn < 0 or not 0.0 < self.mask_prob < 1.0:
             raise ModelsError("ffn must be >= 0 and mask_prob in (0, 1)")
         if not (self.med_alpha <= 1.0 and 0.0 <= self.med_beta < 1.0 and self.med_gamma >= 0.0):
@@ -128,12 +135,14 @@ class HailConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HailConfig:
-        """Inverse of ``dataclasses.asdict``; unknown keys are refused (a newer checkpoint format)."""
+        """Inverse of ``dataclasses.asdict``; unknown keys are refused (a newer checkpoint format).
+        A missing key takes its default, except ``positions``: configs written before it existed
+        were all trained with positions from the end."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ModelsError(f"unknown HailConfig fields {unknown}; was this written by a newer hailstream?")
-        return cls(**d)
+        return cls(**{"positions": "end", **d})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -155,7 +164,7 @@ class HAIL(nn.Module):
                     make_encoder(
                         config.encoders[k % len(config.encoders)], n_rows, config.hidden,
                         config.layers, config.heads, config.dropout, config.max_len,
-                        config.ffn or None, config.activation or None,
+                        config.ffn or None, config.activation or None, config.positions,
                     )
                 )
         self.peers = nn.ModuleList(peers)
@@ -319,8 +328,10 @@ class HAIL(nn.Module):
         outs = [self._next_log_probs(k, seqs) for k in ks]
         return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
-    def _next_log_probs(self, k: int, seqs: torch.Tensor) -> torch.Tensor:
-        h = self._peer(k).encode(seqs)
+    def _next_log_probs(self, k: int, seqs: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Peer k's next-item log-probabilities after ``seqs``; ``hidden`` = its encoder's state of
+        the last position when already known (:mod:`models.incremental`)."""
+        h = self._peer(k).encode(seqs) if hidden is None else hidden
         z = self._scores(k, h)
         if not self.copy_heads:
             return torch.log_softmax(z, dim=-1)

@@ -5,7 +5,7 @@
 sequence that extends it by one item costs one step instead of a re-encode. The cache is keyed by
 the sequence's content (its index bytes), not by a user id: a state is by construction the full
 encoder's state after exactly those items, so a hit can never be stale for its key, whichever
-user it came from; an LRU bound (``capacity`` entries) caps memory. A user whose window slides
+user it came from; an LRU bound (``capacity`` entries, and optionally ``max_bytes``) caps memory. A user whose window slides
 (its history is already ``max_len`` long) or whose sequence changed otherwise (an item became
 known after a vocabulary change) simply misses and is re-encoded in full; full windows are
 therefore not cached at all. **The cache only pays while windows fill**: on a mature stream, where
@@ -14,19 +14,18 @@ state of a model that reads only the last ``max_len`` items survives dropping th
 
 Which encoders have an exact incremental state:
 
-- GRU4Rec: yes. The state is the GRU's hidden state of every layer after the sequence's last item
-  (``[layers, H]`` per peer); one GRU step from it equals the packed full run up to float rounding.
-- SASRec: **no**, not with this model. Its positions are counted from the end of the window (the
-  latest item = 1), so a new item changes the input of every earlier position at the first block
-  and every key/value of every layer. Caching keys/values would need positions counted from the
-  window's start (a different, retrained model) and would still re-encode on every event once a
-  user's window is full (most events of a mature stream). SASRec peers are re-encoded in full
-  (the eval fast path of :meth:`models.encoders.SASRecEncoder.encode`).
-- BERT4Rec (bidirectional) and the copy/repeat output (``history="copy"``, attends over the whole
-  window): no; :meth:`IncrementalScorer.supports` is False and callers use ``HAIL.log_probs``.
+- GRU4Rec: the GRU's hidden state of every layer after the sequence's last item (``[layers, H]``
+  per peer); one GRU step from it equals the packed full run up to float rounding.
+- SASRec with ``positions="start"``: the keys and values of every block at every position
+  (``[layers, 2, t, H]`` per peer, :meth:`models.encoders.SASRecEncoder.step`). With the default
+  ``positions="end"`` there is none: a new item renumbers every earlier position, so every key and
+  value of every block changes; those models are re-encoded in full.
+- BERT4Rec (bidirectional): none; :meth:`IncrementalScorer.supports` is False and callers use
+  ``HAIL.log_probs``.
 
-Scores of all peers are made in one batched product (``[P, B, H] @ [P, H, V]``) and ranked in one
-top-k.
+The copy/repeat output (``history="copy"``) needs only the last position's hidden state and the
+window's items, so it is computed from the cached encoder state as it is from a re-encode. Without
+it, the scores of all peers are made in one batched product (``[P, B, H] @ [P, H, V]``).
 
 >>> import torch
 >>> from models.hail import HAIL, HailConfig
@@ -36,6 +35,11 @@ top-k.
 >>> _ = inc.log_probs(seqs); lp = inc.log_probs([np.array([1, 2, 5])])
 >>> inc.hits, inc.misses, bool(torch.allclose(lp, model.log_probs(torch.tensor([[1, 2, 5]])), atol=1e-5))
 (1, 2, True)
+>>> sas = HAIL(HailConfig(hidden=8, layers=2, max_len=4, dropout=0.0, positions="start"), n_rows=7).eval()
+>>> inc = IncrementalScorer(sas, capacity=100)
+>>> _ = inc.log_probs(seqs); lp = inc.log_probs([np.array([1, 2, 5])])
+>>> inc.hits, bool(torch.allclose(lp, sas.log_probs(torch.tensor([[1, 2, 5]])), atol=1e-5))
+(1, True)
 """
 
 from __future__ import annotations
@@ -47,47 +51,62 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
-from models.encoders import GRU4RecEncoder
+from models.encoders import GRU4RecEncoder, SASRecEncoder, SequenceEncoder
 from models.errors import ModelsError
 from models.hail import HAIL
+from models.padding import left_pad
 from models.vocab import PAD
+
+
+def _exact_state(net: SequenceEncoder) -> bool:
+    if type(net) is GRU4RecEncoder:
+        return True
+    return type(net) is SASRecEncoder and net.positions == "start"
 
 
 class IncrementalScorer:
     """Cached-state scoring of one (eval-mode) HAIL model; build a new one per model version.
 
     ``capacity`` = most cached sequences (about one per active user); 0 disables the cache (every
-    sequence is re-encoded, still with the batched scoring).
+    sequence is re-encoded, still with the batched scoring). ``max_bytes`` also bounds the cached
+    state tensors' bytes (a SASRec state grows with the sequence: ~2 KB per item for 2 peers of
+    2 layers at hidden 64; a GRU4Rec state is ~1 KB whatever the length).
     """
 
-    def __init__(self, model: HAIL, capacity: int, peer: int | None = None) -> None:
+    def __init__(self, model: HAIL, capacity: int, peer: int | None = None, max_bytes: int | None = None) -> None:
         if capacity < 0:
             raise ModelsError(f"capacity must be >= 0 (0 = no cache), not {capacity}")
+        if max_bytes is not None and max_bytes < 0:
+            raise ModelsError(f"max_bytes must be >= 0 or None (no bound), not {max_bytes}")
+        self.max_bytes = max_bytes
         if not self.supports(model):
-            raise ModelsError("incremental inference needs GRU4Rec peers without the copy output")
+            raise ModelsError(
+                "incremental inference needs GRU4Rec peers, or SASRec peers with positions='start' "
+                "(train with --positions start)"
+            )
         self.model = model
         self.capacity = capacity
         if peer is not None:
             model._chosen(peer)  # validates the index
         self.peers = list(range(len(model.peers))) if peer is None else [peer]
-        self._nets: list[GRU4RecEncoder] = []
-        for k in self.peers:
-            net = model.networks[k]
-            assert isinstance(net, GRU4RecEncoder)
-            self._nets.append(net)
+        self._nets = [model.networks[k] for k in self.peers]
+        self._gru = isinstance(self._nets[0], GRU4RecEncoder)
         self._n_rows = model.n_rows
         self._full_key = 8 * model.config.max_len  # bytes of a full window's key
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._bytes = 0
         self._weights = self._stack_weights()
         self.hits = 0
         self.misses = 0
 
     @staticmethod
     def supports(model: HAIL) -> bool:
-        """True when every peer has an exact incremental state (GRU4Rec) and there is no copy output."""
-        return not model.copy_heads and all(isinstance(n, GRU4RecEncoder) for n in model.networks)
+        """True when every peer has an exact incremental state: GRU4Rec, or SASRec with positions
+        from the start (one kind for all peers)."""
+        nets = model.networks
+        return all(_exact_state(n) for n in nets) and len({type(n) for n in nets}) == 1
 
     def _stack_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.stack([n.item_emb.weight.detach() for n in self._nets]).transpose(1, 2)  # [P, H, V]
@@ -102,6 +121,12 @@ class IncrementalScorer:
 
     def clear(self) -> None:
         self._cache.clear()
+        self._bytes = 0
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the cached state tensors (what ``max_bytes`` bounds)."""
+        return self._bytes
 
     def bytes_per_entry(self) -> float:
         """Measured memory of one cached sequence (key bytes + state tensor), averaged over the cache."""
@@ -124,9 +149,12 @@ class IncrementalScorer:
             self._weights = self._stack_weights()
             self.clear()
         hidden = self._hidden(seqs)  # [P, B, H]
-        w, bias = self._weights
-        z = torch.baddbmm(bias, hidden, w)  # [P, B, V]
-        lp = torch.log_softmax(z, dim=-1)
+        if self.model.copy_heads:
+            padded = left_pad(seqs, max(len(s) for s in seqs))
+            lp = torch.stack([self.model._next_log_probs(k, padded, hidden[p]) for p, k in enumerate(self.peers)])
+        else:
+            w, bias = self._weights
+            lp = torch.log_softmax(torch.baddbmm(bias, hidden, w), dim=-1)  # [P, B, V]
         if lp.shape[0] == 1:
             return lp[0]
         # A running sum of the [B, V] slices: ~10x faster on CPU than .mean(0) over the peer axis.
@@ -136,66 +164,166 @@ class IncrementalScorer:
         return acc.div_(lp.shape[0])
 
     def _hidden(self, seqs: Sequence[np.ndarray]) -> torch.Tensor:
-        n = len(seqs)
+        """``[P, B, H]``: each sequence's last hidden state per peer. Rounds of (1) a full encode of
+        the sequences with nothing to step from, then (2) one batched step of every chain that
+        starts at a cached state: a cached prefix plus the pending sequences that extend it one
+        item at a time (one user's successive windows in one batch) go as one chunk of new items."""
         keys = [np.ascontiguousarray(s, dtype=np.int64).tobytes() for s in seqs]
-        states: list[torch.Tensor | None] = [None] * n
-        todo = list(range(n))
+        hidden: list[torch.Tensor | None] = [None] * len(seqs)
+        todo = list(range(len(seqs)))
         while todo:
-            step, rest = [], []
-            for i in todo:
-                prefix = keys[i][:-8]
-                if prefix and prefix in self._cache:
-                    step.append(i)
-                else:
-                    rest.append(i)
-            if step:
-                self._step(step, seqs, keys, states)
-                self.hits += len(step)
-                todo = rest
-                continue
-            # Nothing can step: re-encode those whose prefix is not another pending sequence (those
-            # wait one round and step from it).
-            waiting = {keys[i] for i in rest}
-            full = [i for i in rest if keys[i][:-8] not in waiting]
-            self._full(full, seqs, keys, states)
-            self.misses += len(full)
-            done = set(full)
-            todo = [i for i in rest if i not in done]
-        out = torch.stack([s for s in states if s is not None], dim=1)  # [P, B, layers, H]
-        return torch.stack([net.norm(net.out(out[p, :, -1])) for p, net in enumerate(self._nets)])
+            pending = {keys[i] for i in todo}
+            heads = [i for i in todo if not self._steppable(keys[i][:-8], pending)]
+            if heads:
+                self._full(heads, seqs, keys, hidden)
+                self.misses += len(heads)
+            done = set(heads)
+            todo = [i for i in todo if i not in done]
+            if todo:
+                done = self._chains(todo, seqs, keys, hidden)
+                self.hits += len(done)
+                todo = [i for i in todo if i not in done]
+        return torch.stack([h for h in hidden if h is not None], dim=1)  # [P, B, H]
+
+    def _steppable(self, prefix: bytes, pending: set[bytes]) -> bool:
+        return bool(prefix) and (prefix in self._cache or prefix in pending)
+
+    def _chains(self, todo: list[int], seqs: Sequence[np.ndarray], keys: list[bytes],
+                hidden: list[torch.Tensor | None]) -> set[int]:
+        """Step every pending sequence that reaches a cached prefix through pending ones; returns
+        the rows answered."""
+        rows_of: dict[bytes, list[int]] = {}
+        for i in todo:
+            rows_of.setdefault(keys[i], []).append(i)
+        root: dict[bytes, bytes] = {}  # pending key -> the cached state its chain starts from
+        for key in sorted(rows_of, key=len):
+            prefix = key[:-8]
+            if prefix in root:
+                root[key] = root[prefix]
+            elif prefix and prefix in self._cache:
+                root[key] = prefix
+        if not root:
+            return set()
+        parents = {k[:-8] for k in root}
+        tips = [k for k in root if k not in parents]
+        roots = [root[t] for t in tips]
+        chunks = [seqs[rows_of[t][0]][len(r) // 8 :] for t, r in zip(tips, roots, strict=True)]
+        base_state = {r: self._cache[r] for r in set(roots)}  # before remembering evicts any
+        # Chains of similar length go together (a chunk is padded to its group's longest).
+        groups: dict[int, list[int]] = {}
+        for b, c in enumerate(chunks):
+            groups.setdefault((len(c) - 1).bit_length(), []).append(b)
+        answered: set[int] = set()
+        for members in groups.values():
+            out, tip_states = self._advance([base_state[roots[b]] for b in members], [chunks[b] for b in members])
+            for j, b in enumerate(members):
+                key, base = tips[b], roots[b]
+                while key != base:  # every sequence on the chain: its output after its own last item
+                    q = (len(key) - len(base)) // 8 - 1
+                    for i in rows_of[key]:
+                        hidden[i] = out[:, j, q]
+                        answered.add(i)
+                    key = key[:-8]
+                self._remember(tips[b], tip_states[j])
+        for r in set(roots) - set(tips):  # their users have moved on
+            self._forget(r)
+        return answered
 
     def _remember(self, key: bytes, state: torch.Tensor) -> None:
         # A full window is never stepped from: the user's next window drops its oldest item.
         if not self.capacity or len(key) >= self._full_key:
             return
+        self._forget(key)
         self._cache[key] = state
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
+        self._bytes += state.untyped_storage().nbytes()
+        while len(self._cache) > self.capacity or (self.max_bytes is not None and self._bytes > self.max_bytes):
+            self._forget(next(iter(self._cache)))  # the least recently stored
 
-    def _step(self, rows: list[int], seqs: Sequence[np.ndarray], keys: list[bytes], states: list[torch.Tensor | None]) -> None:
-        prev = torch.stack([self._cache[keys[i][:-8]] for i in rows], dim=2)  # [P, layers, B, H]
-        for i in rows:  # the user has moved on: its old state is not needed again
-            self._cache.pop(keys[i][:-8], None)
-        last = torch.as_tensor([int(seqs[i][-1]) for i in rows], dtype=torch.long)
-        new = []
+    def _forget(self, key: bytes) -> None:
+        state = self._cache.pop(key, None)
+        if state is not None:
+            self._bytes -= state.untyped_storage().nbytes()
+
+    def _advance(self, states: list[torch.Tensor], chunks: list[np.ndarray]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each cached ``state`` followed by its ``chunk`` of new items: the output states after
+        every new item ``[P, N, Q, H]`` and each row's state after its whole chunk."""
+        lengths = [len(c) for c in chunks]
+        q_len = max(lengths)
+        items = torch.zeros(len(chunks), q_len, dtype=torch.long)
+        for j, c in enumerate(chunks):
+            items[j, : len(c)] = torch.as_tensor(np.asarray(c, dtype=np.int64))
+        new_real = torch.arange(q_len).unsqueeze(0) < torch.as_tensor(lengths).unsqueeze(1)  # [N, Q]
+        if self._gru:
+            return self._advance_gru(states, items, lengths)
+        return self._advance_sasrec(states, items, new_real, lengths)
+
+    def _advance_gru(self, states: list[torch.Tensor], items: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        before = torch.stack(states, dim=2)  # [P, layers, N, H]
+        outs, finals = [], []
         for p, net in enumerate(self._nets):
-            x = (net.item_emb(last) * math.sqrt(net.hidden)).unsqueeze(1)  # [B, 1, H]
-            _, h = net.gru(x, prev[p].contiguous())
-            new.append(h)
-        stacked = torch.stack(new).transpose(1, 2)  # [P, B, layers, H]
-        for j, i in enumerate(rows):
-            states[i] = stacked[:, j].clone()
-            self._remember(keys[i], states[i])  # type: ignore[arg-type]
+            assert isinstance(net, GRU4RecEncoder)
+            x = net.item_emb(items) * math.sqrt(net.hidden)
+            packed = pack_padded_sequence(x, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False)
+            seq_out, h = net.gru(packed, before[p].contiguous())
+            seq_out, _ = pad_packed_sequence(seq_out, batch_first=True, total_length=items.shape[1])
+            outs.append(net.norm(net.out(seq_out)))  # [N, Q, H]
+            finals.append(h)  # [layers, N, H]
+        final = torch.stack(finals)  # [P, layers, N, H]
+        return torch.stack(outs), [final[:, :, j].clone() for j in range(len(states))]
 
-    def _full(self, rows: list[int], seqs: Sequence[np.ndarray], keys: list[bytes], states: list[torch.Tensor | None]) -> None:
-        tensors = [torch.as_tensor(np.asarray(seqs[i], dtype=np.int64)) for i in rows]
-        new = []
+    def _advance_sasrec(self, states: list[torch.Tensor], items: torch.Tensor, new_real: torch.Tensor,
+                        lengths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # states[j]: [P, layers, 2, t_j, H]; right-padded into one [P, layers, 2, N, T, H] block
+        past_len = [int(s.shape[3]) for s in states]
+        size = states[0].shape
+        past = states[0].new_zeros(size[0], size[1], 2, len(states), max(past_len), size[4])
+        for j, s in enumerate(states):
+            past[:, :, :, j, : past_len[j]] = s
+        past_real = torch.arange(max(past_len)).unsqueeze(0) < torch.as_tensor(past_len).unsqueeze(1)  # [N, T]
+        positions = torch.as_tensor(past_len).unsqueeze(1) + 1 + torch.arange(items.shape[1]).unsqueeze(0)
+        outs, news = [], []
+        for p, net in enumerate(self._nets):
+            assert isinstance(net, SASRecEncoder)
+            blocks = [(past[p, n, 0], past[p, n, 1]) for n in range(size[1])]
+            h, new = net.step(items, positions, blocks, past_real, new_real)
+            outs.append(h)
+            news.append(torch.stack([torch.stack(kv) for kv in new]))  # [layers, 2, N, Q, H]
+        added = torch.stack(news)  # [P, layers, 2, N, Q, H]
+        finals = [torch.cat([s, added[:, :, :, j, : lengths[j]]], dim=3) for j, s in enumerate(states)]
+        return torch.stack(outs), finals
+
+    def _full(self, rows: list[int], seqs: Sequence[np.ndarray], keys: list[bytes], hidden: list[torch.Tensor | None]) -> None:
+        if self._gru:
+            tensors = [torch.as_tensor(np.asarray(seqs[i], dtype=np.int64)) for i in rows]
+            outs, finals = [], []
+            for net in self._nets:
+                assert isinstance(net, GRU4RecEncoder)
+                xs = [net.item_emb(t) * math.sqrt(net.hidden) for t in tensors]
+                _, h = net.gru(pack_sequence(xs, enforce_sorted=False))  # h: [layers, B, H], original order
+                outs.append(net.norm(net.out(h[-1])))
+                finals.append(h)
+            out, final = torch.stack(outs), torch.stack(finals)  # [P, B, H], [P, layers, B, H]
+            for j, i in enumerate(rows):
+                hidden[i] = out[:, j]
+                self._remember(keys[i], final[:, :, j].clone())
+            return
+        lengths = [len(seqs[i]) for i in rows]
+        padded = left_pad([seqs[i] for i in rows], max(lengths))
+        # Only windows that can grow are remembered: the keys/values of full ones are not kept.
+        keep = [j for j, n in enumerate(lengths) if self.capacity and n < self.model.config.max_len]
+        outs, kvs = [], []
         for net in self._nets:
-            xs = [net.item_emb(t) * math.sqrt(net.hidden) for t in tensors]
-            _, h = net.gru(pack_sequence(xs, enforce_sorted=False))  # h: [layers, B, H], original order
-            new.append(h)
-        stacked = torch.stack(new).transpose(1, 2)  # [P, B, layers, H]
+            assert isinstance(net, SASRecEncoder)
+            blocks: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep else None
+            outs.append(net._encode_last(padded, blocks))
+            if blocks:
+                rows_kept = torch.as_tensor(keep)
+                kvs.append(torch.stack([torch.stack(kv)[:, rows_kept] for kv in blocks]))  # [layers, 2, K, L, H]
+        out = torch.stack(outs)
         for j, i in enumerate(rows):
-            states[i] = stacked[:, j].clone()
-            self._remember(keys[i], states[i])  # type: ignore[arg-type]
+            hidden[i] = out[:, j]
+        if keep:
+            state = torch.stack(kvs)  # [P, layers, 2, K, L, H]; row j's items are its last n_j columns
+            width = state.shape[4]
+            for n, j in enumerate(keep):
+                self._remember(keys[rows[j]], state[:, :, :, n, width - lengths[j]:].clone())

@@ -4,5 +4,6 @@ lists them fast; the modules that implement each option import its tuple from he
 MODELS = ("hail", "sasrec", "gru4rec", "ensemble", "dml", "hail-published")
 MED_FORMS = ("coded", "weighted_ce", "unlikelihood", "exclusive")  # models.losses
 HISTORY = ("none", "copy")  # models.history
+POSITIONS = ("end", "start")  # models.encoders (SASRec / BERT4Rec positions)
 OPTIMIZERS = ("adam", "adamw")  # models.trainer
 SCHEDULES = ("constant", "linear")  # models.trainer

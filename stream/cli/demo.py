@@ -54,7 +54,7 @@ DEMO_EPOCHS = 1
 #: :data:`DEMO_EPOCHS` epochs, so the stream starts within a minute on two cores; the trainer then
 #: fine-tunes it on the stream and the summary shows how accuracy changed with each version. With
 #: the history-aware output (``models.history``): what lifts the model above the counters offline.
-DEMO_MODEL = {"hidden": 32, "layers": 1, "max_len": 50, "history": "copy"}
+DEMO_MODEL = {"hidden": 32, "layers": 1, "max_len": 50, "history": "copy", "positions": "start"}
 #: Events replayed with ``--drift`` when no ``--limit`` is given, and their pace (events/s) when no
 #: ``--max-rate`` is: slow enough that a fine-tune triggered by the shift finishes while the stream
 #: still runs, so the recovery is visible.

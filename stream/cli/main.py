@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelsError
-from models.names import HISTORY, MED_FORMS, MODELS, OPTIMIZERS, SCHEDULES
+from models.names import HISTORY, MED_FORMS, MODELS, OPTIMIZERS, POSITIONS, SCHEDULES
 from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.errors import StreamError
 from stream.settings import Settings, settings_fields
@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "med_aggregate": args.med_aggregate, "med_warmup_epochs": args.med_warmup, "seed": args.seed,
             "encoders": tuple(args.encoders.split(",")) if args.encoders else None,
             "med_alpha": args.med_alpha, "med_beta": args.med_beta, "med_gamma": args.med_gamma,
-            "history": args.history, "heads": args.heads,
+            "history": args.history, "heads": args.heads, "positions": args.positions,
             "share_embedding": True if args.share_embedding else None,
             "output_bias": True if args.share_embedding else None,
         }.items()
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--history", choices=HISTORY,
                    help="output of every peer: none (softmax over items; default) or copy (a learned gate mixing "
                         "it with the user's own past items and their successors; best on revisit-heavy data)")
+    t.add_argument("--positions", choices=POSITIONS,
+                   help="where self-attention peers count positions from: end (default) or start (the worker's "
+                        "HAILSTREAM_STATE_CACHE then serves them incrementally, one step per event)")
     t.add_argument("--share-embedding", action="store_true",
                    help="one item table and output bias shared by all peers (the authors' layout)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")

@@ -9,12 +9,15 @@ from models.encoders import GRU4RecEncoder, SASRecEncoder, make_encoder
 from models.errors import ModelsError
 from tests.data import needs_nyc
 
-KINDS = ["sasrec", "gru4rec"]
+KINDS = ["sasrec", "gru4rec", "sasrec-start"]
 
 
 def build(kind: str, n_rows: int = 12, max_len: int = 8, dropout: float = 0.0, seed: int = 0):
+    """``kind`` is an encoder name, or "sasrec-start" for SASRec with positions from the start."""
     torch.manual_seed(seed)
-    return make_encoder(kind, n_rows, hidden=16, layers=2, heads=2, dropout=dropout, max_len=max_len).eval()
+    name, _, positions = kind.partition("-")
+    return make_encoder(name, n_rows, hidden=16, layers=2, heads=2, dropout=dropout, max_len=max_len,
+                        positions=positions or "end").eval()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -181,3 +184,23 @@ def test_hail_recommend_equals_reference_on_real_histories() -> None:
     # top-10 sets agree except where two scores tie within float rounding
     differ = (top != ref_top).any(1)
     assert int(differ.sum()) <= 2
+
+
+def test_start_positions_keep_every_earlier_state_when_an_item_is_appended() -> None:
+    """The precondition of a key/value cache: with positions from the start, the states of a
+    sequence's prefix are the prefix's own states; with positions from the end they all change."""
+    items = [3, 1, 4, 1, 5, 9]
+    start, end = build("sasrec-start"), build("sasrec")
+    whole = torch.tensor([items])
+    prefix = torch.tensor([items[:-1]])
+    torch.testing.assert_close(start.hidden_states(whole)[:, :-1], start.hidden_states(prefix), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(end.hidden_states(whole)[:, :-1], end.hidden_states(prefix), atol=1e-3)
+
+
+def test_start_positions_number_the_real_items_from_one() -> None:
+    enc = build("sasrec-start")
+    seq = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8]])
+    assert enc.positions_of(seq).tolist() == [[0, 0, 0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8]]
+    assert build("sasrec").positions_of(seq)[0].tolist() == [0, 0, 0, 5, 4, 3, 2, 1]
+    with pytest.raises(ModelsError, match="positions must be one of"):
+        make_encoder("sasrec", 10, 8, 1, 1, 0.0, 4, positions="middle")

@@ -33,9 +33,17 @@ def test_config_json_round_trip_and_validation() -> None:
     with pytest.raises(ModelsError, match="distill='none'"):
         HailConfig(n_peers=1)
     for bad in ({"distill": "kd"}, {"med_form": "x"}, {"med_aggregate": "min"}, {"encoders": ("lstm",)},
-                {"dropout": 1.0}, {"med_topk": 0}):
+                {"dropout": 1.0}, {"med_topk": 0}, {"positions": "middle"}):
         with pytest.raises(ModelsError):
             HailConfig(**bad)
+
+
+def test_a_config_written_before_positions_existed_loads_with_positions_from_the_end() -> None:
+    old = asdict(HailConfig(positions="start"))
+    del old["positions"]
+    assert HailConfig.from_dict(old).positions == "end"
+    start = HAIL(HailConfig(n_peers=2, hidden=8, layers=1, max_len=4, dropout=0.0, positions="start"), ROWS)
+    assert all(net.positions == "start" for net in start.networks)
 
 
 def test_peers_get_own_seeds_and_cycle_encoders() -> None:
