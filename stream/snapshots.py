@@ -87,6 +87,9 @@ class WorkerSnapshot(_Snapshot):
     guard: dict[str, Any] | None = None
     #: ``{"detections": [...], "published": n, "states": [...]}``
     drift: dict[str, Any] | None = None
+    #: the incremental-inference cache of the live version (``version``, ``entries``, ``bytes``,
+    #: ``hits``, ``misses``); None when the model is re-encoded in full
+    state_cache: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -43,7 +43,18 @@ class WorkerSettings(BaseModel):
     threads: int = Field(1, description="torch intra-op threads")
     length_buckets: int = Field(1, description="forward passes per batch, grouped by history length (1 = one pass)")
     state_cache: int = Field(
-        20000, description="incremental inference: cached encoder states (LRU; GRU4Rec peers only; 0 = off)"
+        20000, description="incremental inference: cached encoder states (LRU; GRU4Rec peers, or SASRec peers "
+        "trained with --positions start; 0 = off)"
+    )
+    window_stride: int = Field(
+        0, description="0: the model reads each user's last max_len items (the window slides every event, so "
+        "a cached state is re-encoded once a user has max_len items); N > 0: the window starts at a multiple of "
+        "N and moves only when it would exceed max_len (max_len - N + 1 to max_len items), so the state cache "
+        "steps it N - 1 events in N (bench/window_stride.py measures the accuracy)"
+    )
+    state_cache_mb: int = Field(
+        512, description="incremental inference: most MB of cached encoder states (a SASRec state grows with "
+        "the history: ~2 KB per item for 2 peers of 2 layers at hidden 64)"
     )
     peer: int | None = Field(None, description="serve one peer network instead of the ensemble")
     datadir: Path | None = Field(None, description="Faust data directory (default: a temporary directory)")
@@ -84,6 +95,10 @@ class WorkerSettings(BaseModel):
                 raise SettingsError(f"HAILSTREAM_{name.upper()} ({name}) must be >= 1, got {getattr(self, name)!r}")
         if self.state_cache < 0:
             raise SettingsError(f"HAILSTREAM_STATE_CACHE (state_cache) must be >= 0 (0 = off), got {self.state_cache!r}")
+        if self.window_stride < 0:
+            raise SettingsError(f"HAILSTREAM_WINDOW_STRIDE (window_stride) must be >= 0 (0 = off), got {self.window_stride!r}")
+        if self.state_cache_mb < 1:
+            raise SettingsError(f"HAILSTREAM_STATE_CACHE_MB (state_cache_mb) must be >= 1, got {self.state_cache_mb!r}")
         if not (math.isfinite(self.batch_timeout) and self.batch_timeout >= 0):
             raise SettingsError(
                 f"HAILSTREAM_BATCH_TIMEOUT (batch_timeout) must be a finite number of seconds >= 0, got {self.batch_timeout!r}"

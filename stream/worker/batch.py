@@ -9,7 +9,8 @@ must send and store; :mod:`stream.worker.app` only moves bytes.
 The user state (one table value per user, JSON) is ``{"items": [last max_seq_len item ids],
 "pred": [top-k published after the last event] or None, "last": {"event_id", "scores",
 "model_version", "produced_at"} of that prediction, "off": [partition, offset, epoch],
-"eids": [the user's last event ids]}`` (``last`` is what ``GET /users/<id>/recommendations``
+"eids": [the user's last event ids], "w": where the model's window starts in ``items``, with
+``HAILSTREAM_WINDOW_STRIDE`` (:mod:`stream.worker.window`)}`` (``last`` is what ``GET /users/<id>/recommendations``
 serves, :mod:`stream.worker.web`; states written before it existed lack it): ``off`` is the source position of the last applied event,
 and events at or before it are skipped, which keeps the sequence exact when a crash makes the
 broker redeliver events already applied (BROKER.md). ``epoch`` identifies the input topic (the
@@ -55,6 +56,7 @@ from stream.worker.edge import RateLimitedLog, Source, applied_check
 from stream.worker.guard import SwapGuard, Verdict
 from stream.worker.prequential import Prequential
 from stream.worker.recommender import OnlineBaselines, OnlineRecommender, Ranked
+from stream.worker.window import extend, model_len
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class _Pending:
     lat: float | None
     lon: float | None
     items: list[str]
+    window: list[str]  # what the model reads: ``items``, or its strided window (``w``)
     prev: list[str] | None  # prediction from the table (an earlier batch) ...
     prev_index: int | None  # ... or from an earlier event of this batch (its index in `pending`)
     state: UserState
@@ -204,6 +207,8 @@ def process_batch(
     carry: list[tuple[UserState, UserState]] = []
     max_len = settings.max_seq_len
     k = settings.top_k
+    stride = settings.worker.window_stride
+    window = model_len(recommender, max_len) if stride else max_len
 
     # 1 + 3: validate and extend each user's sequence, in input order.
     ts_window = (settings.min_event_ts, now() + settings.max_event_ts_ahead)
@@ -238,13 +243,12 @@ def process_batch(
                     continue
                 eids.append(ev.event_id)
                 del eids[:-RECENT_EVENT_IDS]
-            items = list(state["items"]) if state else []
-            items.append(ev.item_id)
-            if len(items) > max_len:
-                del items[: len(items) - max_len]
+            items, start = extend(state, ev.item_id, max_len, window, stride)
             prev_index = last_index.get(user)
             prev = None if prev_index is not None or not state else state.get("pred")
             new_state: UserState = {"items": items, "pred": None, "off": [src.partition, src.offset]}
+            if stride:
+                new_state["w"] = start
             if epoch is not None:
                 new_state["off"].append(epoch)
             if eids:
@@ -263,7 +267,8 @@ def process_batch(
                 continue
             event_id = ev.event_id if ev.event_id is not None else f"{src.topic}:{src.partition}:{src.offset}"
             pending.append(
-                _Pending(src, user, ev.item_id, event_id, ev.ts, ev.lat, ev.lon, items, prev, prev_index, new_state)
+                _Pending(src, user, ev.item_id, event_id, ev.ts, ev.lat, ev.lon, items, items[start:] if start else items,
+                         prev, prev_index, new_state)
             )
             local[user] = new_state
             last_index[user] = len(pending) - 1
@@ -277,13 +282,13 @@ def process_batch(
     # For the drift detectors' unseen-item share (a duck-typed recommender may have no vocabulary).
     live = getattr(recommender, "live", None)
     known: Container[str] = live.vocab if live is not None else _Everything()
-    version, answers = _recommend(recommender, [p.items for p in pending], k)
+    version, answers = _recommend(recommender, [p.window for p in pending], k)
     run = guard.current if guard is not None else None
     shadow: list[list[str]] | None = None
     if run is not None and pending:
         if version == run.new.version:
             try:
-                shadow = run.shadow_topk([p.items for p in pending], k)
+                shadow = run.shadow_topk([p.window for p in pending], k)
             except Exception:
                 _tracebacks.exception("shadow", "shadow scoring with %s failed for a batch", run.previous.version)
         if shadow is None:  # these users' next events cannot be paired

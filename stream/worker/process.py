@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def load_recommender(
-    checkpoint_path: Path | str, *, peer: int | None = None, length_buckets: int = 1, state_cache: int = 0
+    checkpoint_path: Path | str, *, peer: int | None = None, length_buckets: int = 1, state_cache: int = 0,
+    state_cache_mb: int | None = None,
 ) -> OnlineRecommender:
     """An :class:`OnlineRecommender` serving a checkpoint written by ``models.checkpoint``; the
     version is the checkpoint's ``meta["version"]``, else its file name."""
@@ -39,7 +40,8 @@ def load_recommender(
     ckpt = load_checkpoint(checkpoint_path)
     version = str(ckpt.meta.get("version") or Path(checkpoint_path).stem)
     return OnlineRecommender(
-        ckpt.model, ckpt.vocab, version, peer=peer, length_buckets=length_buckets, state_cache=state_cache
+        ckpt.model, ckpt.vocab, version, peer=peer, length_buckets=length_buckets, state_cache=state_cache,
+        state_cache_bytes=None if state_cache_mb is None else state_cache_mb << 20,
     )
 
 
@@ -98,7 +100,8 @@ def run_worker(
     if recommender is None:
         assert ws.checkpoint is not None
         recommender = load_recommender(
-            ws.checkpoint, peer=ws.peer, length_buckets=ws.length_buckets, state_cache=ws.state_cache
+            ws.checkpoint, peer=ws.peer, length_buckets=ws.length_buckets, state_cache=ws.state_cache,
+            state_cache_mb=ws.state_cache_mb,
         )
     if ensure:
         ensure_worker_topics(settings)

@@ -31,6 +31,7 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,11 +88,12 @@ class OnlineRecommender:
     answers do not change (up to float rounding).
 
     ``state_cache`` > 0 turns on incremental inference (:mod:`models.incremental`) for models
-    that have an exact incremental state (GRU4Rec peers, no copy output): up to that many
-    sequences' encoder states are cached (LRU), so a history that extends a cached one by an item
-    costs one encoder step. The cache belongs to one live version: a swap (and a grown item table)
-    starts an empty one. Other models (SASRec, BERT4Rec, copy output) ignore it and are re-encoded
-    in full. The answers do not change (up to float rounding).
+    that have an exact incremental state (GRU4Rec peers, or SASRec peers with positions from the
+    start; with or without the copy output): up to that many sequences' encoder states are cached
+    (LRU; ``state_cache_bytes`` also bounds their bytes), so a history that extends a cached one by
+    an item costs one encoder step. The cache belongs to one live version: a swap (and a grown item
+    table) starts an empty one. Other models (SASRec with positions from the end, BERT4Rec) ignore
+    it and are re-encoded in full. The answers do not change (up to float rounding).
 
     The model handed to :meth:`swap` (or the constructor) must not be trained further in place:
     train a copy and swap that in.
@@ -107,6 +109,7 @@ class OnlineRecommender:
         fallback: Fallback | None = None,
         length_buckets: int = 1,
         state_cache: int = 0,
+        state_cache_bytes: int | None = None,
     ) -> None:
         if state_cache < 0:
             raise StreamError(f"state_cache must be >= 0 (0 = no incremental inference), not {state_cache}")
@@ -118,6 +121,7 @@ class OnlineRecommender:
         self.peer = peer
         self.fallback = fallback
         self.state_cache = state_cache
+        self.state_cache_bytes = state_cache_bytes
         self._scorer: tuple[LiveModel, IncrementalScorer] | None = None
 
     def incremental(self, live: LiveModel | None = None) -> IncrementalScorer | None:
@@ -128,9 +132,19 @@ class OnlineRecommender:
             return None
         current = self._scorer
         if current is None or current[0] is not live:
-            current = (live, IncrementalScorer(live.model, self.state_cache, self.peer))
+            current = (live, IncrementalScorer(live.model, self.state_cache, self.peer, self.state_cache_bytes))
             self._scorer = current
         return current[1]
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The incremental cache of the live version (``entries``, ``bytes``, ``hits``, ``misses``
+        since that version went live), or None when it serves by full re-encodes."""
+        current = self._scorer
+        if current is None or current[0] is not self._live:
+            return None
+        inc = current[1]
+        return {"version": current[0].version, "entries": len(inc), "bytes": inc.state_bytes,
+                "hits": inc.hits, "misses": inc.misses}
 
     @property
     def live(self) -> LiveModel:

@@ -55,7 +55,8 @@ class WorkerRuntime:
     def snapshot(self) -> WorkerSnapshot:
         """The counters as a :class:`~stream.snapshots.WorkerSnapshot` (what the stats file holds)."""
         snap = WorkerSnapshot(**self.stats.to_dict(), send_errors=self.send_errors,
-                              live_model_version=self.recommender.version, metrics_url=self.metrics_url)
+                              live_model_version=self.recommender.version, metrics_url=self.metrics_url,
+                              state_cache=self.recommender.cache_stats())
         if self.swapper is not None:
             snap.swaps, snap.swap_failures = self.swapper.swaps, self.swapper.failures
             snap.last_swap = self.swapper.last_swap

@@ -269,3 +269,50 @@ def test_batch_stats_time_the_baselines_as_their_own_phase_in_wall_and_cpu_secon
     d = stats.to_dict()
     assert d["busy_cpu_s"]["baselines"] == pytest.approx(2 * out.stats.cpu_seconds["baselines"])
     assert set(d["busy_s"]) == set(phases)
+
+
+class WindowRecorder(EchoRecommender):
+    """Records the histories the model is asked about; ``live.model.config.max_len`` = 4."""
+
+    class live:  # noqa: N801 - mimics OnlineRecommender.live
+        vocab = frozenset(f"i{n}" for n in range(20)) | set("abcdefg")
+
+        class model:  # noqa: N801
+            class config:  # noqa: N801
+                max_len = 4
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def recommend_batch_versioned(self, histories, k):
+        self.seen.extend(list(h) for h in histories)
+        return super().recommend_batch_versioned(histories, k)
+
+
+def test_a_window_stride_moves_the_models_window_by_whole_strides():
+    """max_len 4, stride 2: the window grows to 4 items, then restarts at 3 (= 4 - 2 + 1) and grows
+    again; every event's window extends the previous one except where it moves. The stored
+    sequence (and so the baselines) keeps its max_seq_len items."""
+    settings = Settings(top_k=3, max_seq_len=6, worker={"window_stride": 2})
+    rec = WindowRecorder()
+    items = [f"i{n}" for n in range(1, 10)]
+    # one event per batch, then a batch with the rest at once: the same windows either way
+    _, table, _ = run([sources([raw("u", i)], start=n) for n, i in enumerate(items[:5])]
+                      + [sources([raw("u", i) for i in items[5:]], start=5)], rec=rec, settings=settings)
+    assert [len(w) for w in rec.seen] == [1, 2, 3, 4, 3, 4, 3, 4, 3]
+    assert rec.seen[4] == ["i3", "i4", "i5"] and rec.seen[8] == ["i7", "i8", "i9"]
+    assert table["u"]["items"] == items[-6:] and table["u"]["w"] == 3  # i7 is items[3] of the stored six
+
+
+def test_a_state_written_without_a_stride_starts_its_window_at_the_last_max_len_items():
+    settings = Settings(top_k=3, max_seq_len=6, worker={"window_stride": 2})
+    rec = WindowRecorder()
+    def old():
+        return {"u": {"items": ["a", "b", "c", "d", "e"], "pred": None, "off": [0, 4]}}
+
+    run([sources([raw("u", "f"), raw("u", "g")], start=5)], rec=rec, table=old(), settings=settings)
+    assert rec.seen == [["d", "e", "f"], ["d", "e", "f", "g"]]  # b..e was the window; it moved by 2
+    without = WindowRecorder()
+    run([sources([raw("u", "f")], start=5)], rec=without, table=old())
+    assert without.seen == [["c", "d", "e", "f"]]  # stride 0 (SETTINGS): the last max_seq_len = 4
