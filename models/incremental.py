@@ -229,9 +229,12 @@ class IncrementalScorer:
             self._forget(r)
         return answered
 
-    def _remember(self, key: bytes, state: torch.Tensor) -> None:
+    def _cacheable(self, key: bytes) -> bool:
         # A full window is never stepped from: the user's next window drops its oldest item.
-        if not self.capacity or len(key) >= self._full_key:
+        return bool(self.capacity) and len(key) < self._full_key
+
+    def _remember(self, key: bytes, state: torch.Tensor) -> None:
+        if not self._cacheable(key):
             return
         self._forget(key)
         self._cache[key] = state
@@ -252,10 +255,9 @@ class IncrementalScorer:
         items = torch.zeros(len(chunks), q_len, dtype=torch.long)
         for j, c in enumerate(chunks):
             items[j, : len(c)] = torch.as_tensor(np.asarray(c, dtype=np.int64))
-        new_real = torch.arange(q_len).unsqueeze(0) < torch.as_tensor(lengths).unsqueeze(1)  # [N, Q]
         if self._gru:
             return self._advance_gru(states, items, lengths)
-        return self._advance_sasrec(states, items, new_real, lengths)
+        return self._advance_sasrec(states, items, lengths)
 
     def _advance_gru(self, states: list[torch.Tensor], items: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         before = torch.stack(states, dim=2)  # [P, layers, N, H]
@@ -271,7 +273,7 @@ class IncrementalScorer:
         final = torch.stack(finals)  # [P, layers, N, H]
         return torch.stack(outs), [final[:, :, j].clone() for j in range(len(states))]
 
-    def _advance_sasrec(self, states: list[torch.Tensor], items: torch.Tensor, new_real: torch.Tensor,
+    def _advance_sasrec(self, states: list[torch.Tensor], items: torch.Tensor,
                         lengths: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # states[j]: [P, layers, 2, t_j, H]; right-padded into one [P, layers, 2, N, T, H] block
         past_len = [int(s.shape[3]) for s in states]
@@ -281,6 +283,7 @@ class IncrementalScorer:
             past[:, :, :, j, : past_len[j]] = s
         past_real = torch.arange(max(past_len)).unsqueeze(0) < torch.as_tensor(past_len).unsqueeze(1)  # [N, T]
         positions = torch.as_tensor(past_len).unsqueeze(1) + 1 + torch.arange(items.shape[1]).unsqueeze(0)
+        new_real = torch.arange(items.shape[1]).unsqueeze(0) < torch.as_tensor(lengths).unsqueeze(1)  # [N, Q]
         outs, news = [], []
         for p, net in enumerate(self._nets):
             assert isinstance(net, SASRecEncoder)
@@ -310,7 +313,7 @@ class IncrementalScorer:
         lengths = [len(seqs[i]) for i in rows]
         padded = left_pad([seqs[i] for i in rows], max(lengths))
         # Only windows that can grow are remembered: the keys/values of full ones are not kept.
-        keep = [j for j, n in enumerate(lengths) if self.capacity and n < self.model.config.max_len]
+        keep = [j for j, i in enumerate(rows) if self._cacheable(keys[i])]
         outs, kvs = [], []
         for net in self._nets:
             assert isinstance(net, SASRecEncoder)
