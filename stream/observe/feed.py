@@ -3,7 +3,8 @@ plain numbers (or objects shaped like the worker's batch stats, prequential scor
 states, see the protocols), so that the worker and the trainer never touch a metric object.
 
 - per micro-batch: :func:`observe_batch` (or :func:`observe_batch_stats` with the worker's
-  ``BatchStats``), then :func:`observe_prequential`, :func:`observe_lag` and :func:`observe_drift`;
+  ``BatchStats``), then :func:`observe_prequential`, :func:`observe_lag`, :func:`observe_drift` and
+  :func:`observe_state_cache`;
 - on a model load or hot swap: :func:`set_model`;
 - per fine-tune: :func:`count_trigger` when one is started, :func:`observe_finetune` when it ends.
 
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from stream.errors import StreamError
 from stream.messages import version_number
-from stream.observe.metrics import FINETUNE_OUTCOMES, TRIGGER_REASONS, Metrics
+from stream.observe.metrics import FINETUNE_OUTCOMES, STATE_CACHE_OUTCOMES, TRIGGER_REASONS, Metrics
 
 
 class BatchStatsLike(Protocol):
@@ -156,6 +157,33 @@ def observe_prequential(metrics: Metrics, scorers: Mapping[str, PrequentialLike]
         metrics.stream_mrr.labels(scorer=name).set(p.mrr)
         metrics.scored_events.labels(scorer=name).set(p.n)
         metrics.prequential_k.set(p.k)
+
+
+def observe_state_cache(metrics: Metrics, cache: Mapping[str, Any] | None,
+                        before: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """Export an incremental-inference cache (``OnlineRecommender.cache_stats()``: ``version``,
+    ``entries``, ``bytes`` and the ``hits``/``misses`` since that version's first batch; None = no
+    cache) and count the lookups made since ``before`` (the previous call's answer: a new version's
+    cache counts from 0). Returns ``cache``, the next call's ``before``.
+
+    >>> m = Metrics()
+    >>> seen = observe_state_cache(m, {"version": "1", "entries": 3, "bytes": 900, "hits": 5, "misses": 3})
+    >>> seen = observe_state_cache(m, {"version": "2", "entries": 1, "bytes": 300, "hits": 2, "misses": 1}, seen)
+    >>> m.value("hailstream_state_cache_lookups_total", outcome="hit"), m.value("hailstream_state_cache_bytes")
+    (7.0, 300.0)
+    """
+    if cache is None:
+        metrics.state_cache_entries.set(0)
+        metrics.state_cache_bytes.set(0)
+        return None
+    same = before is not None and before.get("version") == cache["version"]
+    for outcome, field in zip(STATE_CACHE_OUTCOMES, ("hits", "misses"), strict=True):
+        new = int(cache[field]) - (int(before[field]) if same and before is not None else 0)
+        if new > 0:
+            metrics.state_cache_lookups.labels(outcome=outcome).inc(new)
+    metrics.state_cache_entries.set(int(cache["entries"]))
+    metrics.state_cache_bytes.set(int(cache["bytes"]))
+    return cache
 
 
 def observe_lag(metrics: Metrics, lags: Mapping[int, int | float]) -> None:

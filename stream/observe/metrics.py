@@ -50,6 +50,8 @@ TRIGGER_REASONS = ("schedule", "events", "drift", "manual")
 ROLLBACK_REASONS = ("guard",)
 #: why a worker refused an announced model (stream.worker.hotswap)
 REFUSAL_REASONS = ("unsigned", "bad_signature", "outside_store", "bad_checkpoint")
+#: how an incremental-inference cache lookup ends (models.incremental): a cached state stepped, or a full encode
+STATE_CACHE_OUTCOMES = ("hit", "miss")
 #: Detector names of :class:`stream.observe.drift.DriftMonitor` with default names.
 DRIFT_DETECTORS = ("accuracy", "input_unseen", "input_popularity")
 
@@ -146,6 +148,21 @@ class Metrics:
             "hailstream_consumer_lag_messages",
             "Messages not yet consumed on the interactions topic (high watermark - position), by partition.",
             ["partition"], registry=r,
+        )
+
+        self.state_cache_lookups = Counter(
+            "hailstream_state_cache_lookups_total",
+            "Histories scored with incremental inference, by outcome: hit (stepped from a cached encoder "
+            "state) or miss (encoded in full). Stays 0 when the cache is off or the model has no exact state.",
+            ["outcome"], registry=r,
+        )
+        self.state_cache_entries = Gauge(
+            "hailstream_state_cache_entries", "Encoder states cached for the live model version.", registry=r
+        )
+        self.state_cache_bytes = Gauge(
+            "hailstream_state_cache_bytes",
+            "Bytes of the cached encoder states of the live version (what HAILSTREAM_STATE_CACHE_MB bounds).",
+            registry=r,
         )
 
         # --- prequential accuracy (DESIGN §4) ------------------------------------------------
@@ -256,6 +273,8 @@ class Metrics:
             self.finetune_triggers.labels(reason=reason)
         for det in DRIFT_DETECTORS:
             self.drift_detections.labels(detector=det)
+        for outcome in STATE_CACHE_OUTCOMES:
+            self.state_cache_lookups.labels(outcome=outcome)
 
     def value(self, name: str, **labels: str) -> float | None:
         """The current value of one sample (None if it does not exist).

@@ -24,10 +24,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from stream.observe.drift import Detection, DriftMonitor
-from stream.observe.feed import observe_batch_stats, observe_drift, observe_lag, observe_prequential
+from stream.observe.feed import (
+    observe_batch_stats,
+    observe_drift,
+    observe_lag,
+    observe_prequential,
+    observe_state_cache,
+)
 from stream.observe.metrics import Metrics
 from stream.worker.batch import BatchStats
 from stream.worker.prequential import Prequential
@@ -37,7 +44,8 @@ log = logging.getLogger(__name__)
 
 class WorkerMonitor:
     """Metrics and drift for one worker; see the module docstring. ``drift=None`` uses a
-    :class:`DriftMonitor` with default detectors; ``interval`` throttles the prequential gauges."""
+    :class:`DriftMonitor` with default detectors; ``interval`` throttles the prequential gauges;
+    ``cache_stats`` (None: no cache to export) is read after every batch."""
 
     def __init__(
         self,
@@ -45,8 +53,11 @@ class WorkerMonitor:
         prequential: Mapping[str, Prequential],
         drift: DriftMonitor | None = None,
         interval: float = 1.0,
+        cache_stats: Callable[[], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.cache_stats = cache_stats
+        self._cache_seen: Mapping[str, Any] | None = None
         self.prequential = prequential
         self.drift = drift if drift is not None else DriftMonitor()
         self.interval = interval
@@ -71,6 +82,8 @@ class WorkerMonitor:
                 log.warning("%s", d)
             self.detections.extend(found)
             del self.detections[:-256]
+            if self.cache_stats is not None:
+                self._cache_seen = observe_state_cache(self.metrics, self.cache_stats(), self._cache_seen)
             now = time.monotonic()
             if now >= self._next:
                 self._next = now + self.interval

@@ -137,10 +137,12 @@ class OnlineRecommender:
         return current[1]
 
     def cache_stats(self) -> dict[str, Any] | None:
-        """The incremental cache of the live version (``entries``, ``bytes``, ``hits``, ``misses``
-        since that version went live), or None when it serves by full re-encodes."""
+        """The incremental cache of the version last served incrementally (``version``, ``entries``,
+        ``bytes``, ``hits``, ``misses`` since that version's first batch), or None when nothing has
+        been. Right after a swap that is still the previous version's cache: it holds its memory until
+        the new version's first batch replaces it."""
         current = self._scorer
-        if current is None or current[0] is not self._live:
+        if current is None:
             return None
         inc = current[1]
         return {"version": current[0].version, "entries": len(inc), "bytes": inc.state_bytes,

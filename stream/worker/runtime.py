@@ -106,7 +106,7 @@ def build_runtime(
     )
     if metrics is not None:
         drift = DriftMonitor.configured(ws.adwin_delta, ws.drift_min_drop, ws.drift_min_effect, ws.drift_persistence)
-        runtime.monitor = WorkerMonitor(metrics, preq, drift)
+        runtime.monitor = WorkerMonitor(metrics, preq, drift, cache_stats=recommender.cache_stats)
         guard = None
         if ws.guard_events > 0:
             guard = SwapGuard(ws.guard_events, ws.guard_min_events, ws.guard_tolerance, ws.guard_confidence)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from stream.observe.feed import (
     observe_finetune,
     observe_lag,
     observe_prequential,
+    observe_state_cache,
     set_model,
 )
 from stream.observe.metrics import DRIFT_DETECTORS, Metrics, declared_metric_names, serve_metrics
@@ -108,6 +110,7 @@ class SyntheticExporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._step = 0
+        self._cache: Mapping[str, Any] | None = None
 
     def tick(self) -> None:
         i = self._step = self._step + 1
@@ -119,6 +122,8 @@ class SyntheticExporter:
             p.update(["a", "b"], "a" if (i + n) % 3 else "z")
         observe_prequential(m, self.scorers)
         observe_lag(m, {0: 10 + i % 3, 1: 5})
+        self._cache = observe_state_cache(m, {"version": "v1", "entries": i, "bytes": 1000 * i, "hits": 3 * i,
+                                              "misses": i}, self._cache)
         found = self.drift.update(float(i % 2), f"item{i % 4}" if i < 40 else f"new{i}", i < 40)
         found += [Detection(d, i, 0.1, 0.5) for d in DRIFT_DETECTORS] if i % 10 == 0 else []
         observe_drift(m, self.drift.states(), found)

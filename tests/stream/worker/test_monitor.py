@@ -63,3 +63,32 @@ def test_monitor_detects_new_items_as_input_drift() -> None:
                            per_event=[(None, f"{'old' if known else 'new'}{i % 30}", known) for i in range(100)])
         found += mon.after_batch(stats)
     assert [d.detector for d in found][:1] == ["input_unseen"]
+
+
+def test_monitor_exports_the_incremental_cache_and_counts_lookups_across_a_swap() -> None:
+    vocab = ItemVocab([f"i{n}" for n in range(1, 20)])
+
+    def model(seed: int) -> HAIL:
+        return HAIL(HailConfig(hidden=8, layers=1, max_len=6, dropout=0.0, positions="start", seed=seed), vocab.rows)
+
+    rec = OnlineRecommender(model(0), vocab, "v1", state_cache=100)
+    metrics = Metrics(process_collector=False)
+    mon = WorkerMonitor(metrics, {"hail": Prequential(10)}, interval=0.0, cache_stats=rec.cache_stats)
+    empty = BatchStats(events=0, valid=0, predictions=0, per_event=[])
+    mon.after_batch(empty, seconds=0.0)
+    assert metrics.value("hailstream_state_cache_lookups_total", outcome="hit") == 0.0
+    rec.recommend_batch([["i1"], ["i5", "i6"]], 3)             # two full encodes
+    rec.recommend_batch([["i1", "i2"], ["i5", "i6", "i7"]], 3)  # both stepped from the cache
+    mon.after_batch(empty, seconds=0.0)
+    inc = rec.incremental()
+    assert inc is not None and (inc.hits, inc.misses) == (2, 2)
+    assert metrics.value("hailstream_state_cache_lookups_total", outcome="hit") == 2.0
+    assert metrics.value("hailstream_state_cache_lookups_total", outcome="miss") == 2.0
+    assert metrics.value("hailstream_state_cache_entries") == 2.0
+    assert metrics.value("hailstream_state_cache_bytes") == float(inc.state_bytes) > 0
+    rec.swap(model(1), vocab, "v2")  # a new version starts an empty cache; the counters go on
+    rec.recommend_batch([["i1", "i2", "i3"]], 3)
+    mon.after_batch(empty, seconds=0.0)
+    assert metrics.value("hailstream_state_cache_lookups_total", outcome="miss") == 3.0
+    assert metrics.value("hailstream_state_cache_lookups_total", outcome="hit") == 2.0
+    assert metrics.value("hailstream_state_cache_entries") == 1.0
