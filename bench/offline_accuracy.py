@@ -68,6 +68,10 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "sasrec-recbole": ("sasrec", 1, {"heads": 2, "ffn": 256, "activation": "gelu", "dropout": 0.5}),
     "sasrec-recbole+copy": ("sasrec", 1, {"heads": 2, "ffn": 256, "activation": "gelu", "dropout": 0.5,
                                           "history": "copy"}),
+    # the contrastive option (models.contrast, after DuoRec: λ 0.1, τ 1)
+    "sasrec-cl": ("sasrec", 1, {"contrast": 0.1}),
+    "sasrec-cl+copy": ("sasrec", 1, {"contrast": 0.1, "history": "copy"}),
+    "hail-shared-cl+copy": ("hail", 2, {**SHARED, "history": "copy", "contrast": 0.1}),
     # the earlier reconstructions of MED, as 1-seed ablations
     "hail-weighted_ce+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "weighted_ce"}),
     "hail-unlikelihood+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "unlikelihood"}),
@@ -91,6 +95,8 @@ LABELS = {
     "hail-k3": "HAIL coded (K=3 SASRec)",
     "hail-published": "HAIL as published (2 BERT4Rec, shared)",
     "sasrec-recbole": "SASRec RecBole-style (2 heads, FFN 256, GELU, dropout 0.5)",
+    "sasrec-cl": "SASRec + same-target contrast (λ 0.1)",
+    "hail-shared-cl": "HAIL coded (2 SASRec, shared table) + same-target contrast (λ 0.1)",
     "hail-weighted_ce": "HAIL reconstruction weighted_ce (ablation)",
     "hail-unlikelihood": "HAIL reconstruction unlikelihood (ablation)",
     "hail-exclusive": "HAIL reconstruction exclusive (ablation)",

@@ -10,8 +10,9 @@ replaced by the mask token and predicted. The loss is one of :mod:`models.losses
 ``config.distill`` (MED: ``med_form``, default the coded form with ``med_alpha``/``med_beta``/
 ``med_gamma``). ``history="copy"`` adds the history-aware output of :mod:`models.history` to
 every peer (a learned gate between the softmax and a copy distribution over the sequence's own
-items); the losses then see each peer's mixture. Prediction averages the peers'
-log-probabilities, or uses one chosen peer.
+items); the losses then see each peer's mixture. ``contrast`` = λ > 0 adds a contrastive term
+with same-target positives on each peer's sequence representation (:mod:`models.contrast`, after
+DuoRec). Prediction averages the peers' log-probabilities, or uses one chosen peer.
 
 Common set-ups: a single SASRec is ``HailConfig(n_peers=1, distill="none")``; a plain ensemble is
 ``HailConfig(n_peers=2, distill="none")``; DML is ``distill="dml"``; HAIL as published is
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.contrast import info_nce
 from models.encoders import ACTIVATIONS, ENCODERS, BERT4RecEncoder, SequenceEncoder, make_encoder
 from models.errors import ModelsError
 from models.history import CopyHead, successors
@@ -96,6 +98,8 @@ class HailConfig:
     activation: str = ""
     mask_prob: float = 0.2
     positions: str = "start"
+    contrast: float = 0.0
+    contrast_tau: float = 1.0
 
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
@@ -132,6 +136,10 @@ class HailConfig:
         kinds = {self.encoders[k % len(self.encoders)] for k in range(self.n_peers)}
         if "bert4rec" in kinds and len(kinds) > 1:
             raise ModelsError("bert4rec peers (cloze training) cannot be mixed with next-item encoders")
+        if self.contrast < 0 or self.contrast_tau <= 0:
+            raise ModelsError("contrast must be >= 0 (0 = off) and contrast_tau > 0")
+        if self.contrast and "bert4rec" in kinds:
+            raise ModelsError("contrast (same-target positives, models.contrast) needs next-item encoders, not bert4rec")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HailConfig:
@@ -224,7 +232,8 @@ class HAIL(nn.Module):
         return seqs[:, -self.config.max_len :] if seqs.shape[1] > self.config.max_len else seqs
 
     def training_loss(
-        self, seqs: torch.Tensor, targets: torch.Tensor, epoch: int = 0, step: int = 0, total_steps: int = 0
+        self, seqs: torch.Tensor, targets: torch.Tensor, epoch: int = 0, step: int = 0, total_steps: int = 0,
+        positives: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss over all positions of a batch of windows.
 
@@ -234,17 +243,23 @@ class HAIL(nn.Module):
         them masked (at least one per row), and predict the masked items. MED (or DML) applies
         from ``epoch >= config.med_warmup_epochs``; before that, and for ``distill="none"``, the
         peers are trained independently (``Σ_k CE^k``). ``step``/``total_steps`` feed MED's
-        ``med_alpha < 0`` schedule.
+        ``med_alpha < 0`` schedule. With ``config.contrast`` = λ > 0, ``positives`` ``[B, L']`` is
+        one prefix per row followed by the row's last target
+        (:meth:`models.contrast.SameTargetIndex.positives`), and the loss adds
+        ``λ · Σ_k InfoNCE(h_k(row), h_k(positive))`` over the rows' last positions.
         """
         if seqs.shape != targets.shape:
             raise ModelsError(f"seqs {tuple(seqs.shape)} and targets {tuple(targets.shape)} must have one shape")
         seqs, targets = self._clip(seqs), self._clip(targets)
+        cfg = self.config
+        if cfg.contrast and positives is None:
+            raise ModelsError("config.contrast > 0 needs positives (models.contrast.SameTargetIndex.positives)")
+        hidden: list[torch.Tensor] = []
         if self.cloze:
             logits, y = self._cloze_outputs(targets)
         else:
-            logits, y = self._next_item_outputs(seqs, targets)
+            logits, y = self._next_item_outputs(seqs, targets, hidden)
         n = int(y.numel())
-        cfg = self.config
         distilling = cfg.distill != "none" and epoch >= cfg.med_warmup_epochs
         if distilling and cfg.distill == "med":
             loss, stats = mutual_exclusivity_distillation(
@@ -255,10 +270,19 @@ class HAIL(nn.Module):
             loss, stats = dml_loss(logits, y, cfg.dml_weight)
         else:
             loss, stats = ensemble_cross_entropy(logits, y)
+        if cfg.contrast and positives is not None:
+            last = targets[:, -1]
+            terms = [info_nce(h[:, -1], peer.hidden_states(self._clip(positives))[:, -1], last, cfg.contrast_tau)
+                     for h, peer in zip(hidden, self.networks, strict=True)]
+            contrast = torch.stack(terms).sum()
+            loss = loss + cfg.contrast * contrast
+            stats["contrast"] = float(contrast.detach()) / len(terms)
         stats["targets"] = float(n)
         return loss, stats
 
-    def _next_item_outputs(self, seqs: torch.Tensor, targets: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _next_item_outputs(
+        self, seqs: torch.Tensor, targets: torch.Tensor, hidden: list[torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         valid = (seqs != PAD) & (targets != PAD)
         if not bool(valid.any()):
             raise ModelsError("the batch has no position with both an input and a target item")
@@ -273,6 +297,8 @@ class HAIL(nn.Module):
         outs = []
         for k, peer in enumerate(self.networks):
             h = peer.hidden_states(seqs)
+            if hidden is not None:
+                hidden.append(h)
             outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match))
         return outs, targets[valid]
 

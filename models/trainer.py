@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.contrast import SameTargetIndex
 from models.errors import ModelsError
 from models.evaluate import ModelScorer, evaluate
 from models.hail import HAIL, HailConfig
@@ -184,16 +185,34 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
 
 def _step(
     model: HAIL, opt: torch.optim.Optimizer, batch: torch.Tensor, epoch: int, step: int = 0, total_steps: int = 0,
-    clip_norm: float | None = None,
+    clip_norm: float | None = None, positives: torch.Tensor | None = None,
 ) -> dict[str, float]:
     batch = trim_padding(batch)
-    loss, stats = model.training_loss(batch[:, :-1], batch[:, 1:], epoch=epoch, step=step, total_steps=total_steps)
+    if positives is not None:
+        positives = trim_padding(positives)
+    loss, stats = model.training_loss(batch[:, :-1], batch[:, 1:], epoch=epoch, step=step, total_steps=total_steps,
+                                      positives=positives)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     opt.step()
     return stats
+
+
+class _Positives:
+    """The same-target positives of a training run when ``config.contrast`` > 0 (else none), drawn
+    with their own seeded generator so that the batch order is the same with and without them."""
+
+    def __init__(self, model: HAIL, windows: torch.Tensor, seed: int) -> None:
+        self.index = SameTargetIndex(windows.cpu()) if model.config.contrast else None
+        self.gen = torch.Generator().manual_seed(seed + 7919)
+        self.device = windows.device
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor | None:
+        if self.index is None:
+            return None
+        return self.index.positives(rows.cpu(), self.gen).to(self.device)
 
 
 def _validate(model: HAIL, split: SequenceSplit, batch_size: int) -> dict[str, float]:
@@ -236,6 +255,7 @@ def train(
     windows = windows.to(next(model.parameters()).device)
     lengths = (windows != 0).sum(1).cpu()
     can_validate = len(split.eval_users) > 0
+    positives = _Positives(model, windows, tc.seed)
 
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, 0, None
@@ -254,7 +274,7 @@ def train(
                 factor = lr_factor(step, tc.warmup_steps, total_steps, tc.schedule)
                 for group in opt.param_groups:
                     group["lr"] = tc.lr * factor
-                stats = _step(model, opt, windows[idx], epoch - 1, step, total_steps, tc.clip_norm)
+                stats = _step(model, opt, windows[idx], epoch - 1, step, total_steps, tc.clip_norm, positives(idx))
                 step += 1
                 n = stats["targets"]
                 for key, value in stats.items():
@@ -319,6 +339,7 @@ def fine_tune(
     device = next(model.parameters()).device
     at_epoch = model.config.med_warmup_epochs if epoch is None else epoch
     gen = torch.Generator().manual_seed(seed)
+    positives = _Positives(model, windows, seed)
     order = torch.randperm(len(windows), generator=gen)
     started = time.perf_counter()
     losses: list[float] = []
@@ -334,7 +355,9 @@ def fine_tune(
                     order, pos = torch.randperm(len(windows), generator=gen), 0
                 idx = order[pos : pos + batch_size]
                 pos += batch_size
-                losses.append(_step(model, opt, windows[idx].to(device), at_epoch, len(losses), steps)["loss"])
+                batch, pos_batch = windows[idx].to(device), positives(idx)
+                losses.append(_step(model, opt, batch, at_epoch, len(losses), steps,
+                                    positives=None if pos_batch is None else pos_batch.to(device))["loss"])
                 if on_step is not None:
                     on_step(len(losses))
     finally:

@@ -114,6 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "encoders": tuple(args.encoders.split(",")) if args.encoders else None,
             "med_alpha": args.med_alpha, "med_beta": args.med_beta, "med_gamma": args.med_gamma,
             "history": args.history, "heads": args.heads, "positions": args.positions,
+            "contrast": args.contrast, "contrast_tau": args.contrast_tau,
             "share_embedding": True if args.share_embedding else None,
             "output_bias": True if args.share_embedding else None,
         }.items()
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--warmup-steps", int, "optimizer steps of linear learning-rate warm-up (with --schedule linear)"),
         ("--clip-norm", _positive, "clip the gradient norm to this value (default: no clipping)"),
         ("--weight-decay", _nonnegative, "weight decay (default 0)"),
+        ("--contrast", _nonnegative, "weight of a contrastive term with same-target positives on each peer's "
+                                     "sequence representation (models.contrast, after DuoRec; default 0 = off)"),
+        ("--contrast-tau", _positive, "temperature of that contrastive term (default 1)"),
     ]
     for name, typ, text in flags:
         t.add_argument(name, type=typ, help=text)
@@ -289,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output of every peer: none (softmax over items; default) or copy (a learned gate mixing "
                         "it with the user's own past items and their successors; best on revisit-heavy data)")
     t.add_argument("--positions", choices=POSITIONS,
-                   help="where self-attention peers count positions from: end (default) or start (the worker's "
-                        "HAILSTREAM_STATE_CACHE then serves them incrementally, one step per event)")
+                   help="where self-attention peers count positions from: start (default; the worker's "
+                        "HAILSTREAM_STATE_CACHE then serves them incrementally, one step per event) or end")
     t.add_argument("--share-embedding", action="store_true",
                    help="one item table and output bias shared by all peers (the authors' layout)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
