@@ -277,6 +277,7 @@ class HAIL(nn.Module):
             contrast = torch.stack(terms).sum()
             loss = loss + cfg.contrast * contrast
             stats["contrast"] = float(contrast.detach()) / len(terms)
+            stats["loss"] = float(loss.detach())
         stats["targets"] = float(n)
         return loss, stats
 
