@@ -40,7 +40,7 @@ from stream.worker.prequential import Prequential
 ROOT = Path(__file__).resolve().parents[3]
 METRIC_CLASSES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
 # Unit (or kind) suffixes a gauge/histogram name may end with.
-UNITS = ("_seconds", "_ratio", "_messages", "_events", "_items", "_version", "_k", "_loss", "_bytes")
+UNITS = ("_seconds", "_ratio", "_messages", "_events", "_items", "_version", "_k", "_loss", "_bytes", "_entries")
 
 
 def declarations() -> list[tuple[str, str]]:
