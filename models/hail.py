@@ -254,11 +254,11 @@ class HAIL(nn.Module):
         cfg = self.config
         if cfg.contrast and positives is None:
             raise ModelsError("config.contrast > 0 needs positives (models.contrast.SameTargetIndex.positives)")
-        hidden: list[torch.Tensor] = []
+        hidden: list[torch.Tensor] = []  # each peer's hidden states (next-item peers)
         if self.cloze:
             logits, y = self._cloze_outputs(targets)
         else:
-            logits, y = self._next_item_outputs(seqs, targets, hidden)
+            logits, y, hidden = self._next_item_outputs(seqs, targets)
         n = int(y.numel())
         distilling = cfg.distill != "none" and epoch >= cfg.med_warmup_epochs
         if distilling and cfg.distill == "med":
@@ -282,8 +282,8 @@ class HAIL(nn.Module):
         return loss, stats
 
     def _next_item_outputs(
-        self, seqs: torch.Tensor, targets: torch.Tensor, hidden: list[torch.Tensor] | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        self, seqs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         valid = (seqs != PAD) & (targets != PAD)
         if not bool(valid.any()):
             raise ModelsError("the batch has no position with both an input and a target item")
@@ -295,13 +295,12 @@ class HAIL(nn.Module):
         # successor of s is known to query t when s + 1 <= t; the query's current item is seqs[t]
         succ_allowed = (ages >= 1) & real.unsqueeze(1)
         match = seqs.unsqueeze(1) == seqs.unsqueeze(2)  # [B, t, s]: item_s == item_t
-        outs = []
+        outs, hidden = [], []
         for k, peer in enumerate(self.networks):
             h = peer.hidden_states(seqs)
-            if hidden is not None:
-                hidden.append(h)
+            hidden.append(h)
             outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match))
-        return outs, targets[valid]
+        return outs, targets[valid], hidden
 
     def _cloze_outputs(self, items: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         real = items != PAD

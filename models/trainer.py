@@ -204,10 +204,10 @@ class _Positives:
     """The same-target positives of a training run when ``config.contrast`` > 0 (else none), drawn
     with their own seeded generator so that the batch order is the same with and without them."""
 
-    def __init__(self, model: HAIL, windows: torch.Tensor, seed: int) -> None:
+    def __init__(self, model: HAIL, windows: torch.Tensor, seed: int, device: torch.device) -> None:
         self.index = SameTargetIndex(windows.cpu()) if model.config.contrast else None
         self.gen = torch.Generator().manual_seed(seed + 7919)
-        self.device = windows.device
+        self.device = device
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor | None:
         if self.index is None:
@@ -255,7 +255,7 @@ def train(
     windows = windows.to(next(model.parameters()).device)
     lengths = (windows != 0).sum(1).cpu()
     can_validate = len(split.eval_users) > 0
-    positives = _Positives(model, windows, tc.seed)
+    positives = _Positives(model, windows, tc.seed, windows.device)
 
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, 0, None
@@ -339,7 +339,7 @@ def fine_tune(
     device = next(model.parameters()).device
     at_epoch = model.config.med_warmup_epochs if epoch is None else epoch
     gen = torch.Generator().manual_seed(seed)
-    positives = _Positives(model, windows, seed)
+    positives = _Positives(model, windows, seed, device)
     order = torch.randperm(len(windows), generator=gen)
     started = time.perf_counter()
     losses: list[float] = []
@@ -355,9 +355,8 @@ def fine_tune(
                     order, pos = torch.randperm(len(windows), generator=gen), 0
                 idx = order[pos : pos + batch_size]
                 pos += batch_size
-                batch, pos_batch = windows[idx].to(device), positives(idx)
-                losses.append(_step(model, opt, batch, at_epoch, len(losses), steps,
-                                    positives=None if pos_batch is None else pos_batch.to(device))["loss"])
+                losses.append(_step(model, opt, windows[idx].to(device), at_epoch, len(losses), steps,
+                                    positives=positives(idx))["loss"])
                 if on_step is not None:
                     on_step(len(losses))
     finally:

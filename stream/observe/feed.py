@@ -176,9 +176,9 @@ def observe_state_cache(metrics: Metrics, cache: Mapping[str, Any] | None,
         metrics.state_cache_entries.set(0)
         metrics.state_cache_bytes.set(0)
         return None
-    same = before is not None and before.get("version") == cache["version"]
+    base = before if before is not None and before.get("version") == cache["version"] else {}
     for outcome, field in zip(STATE_CACHE_OUTCOMES, ("hits", "misses"), strict=True):
-        new = int(cache[field]) - (int(before[field]) if same and before is not None else 0)
+        new = int(cache[field]) - int(base.get(field, 0))
         if new > 0:
             metrics.state_cache_lookups.labels(outcome=outcome).inc(new)
     metrics.state_cache_entries.set(int(cache["entries"]))
