@@ -37,7 +37,15 @@ class WorkerSettings(BaseModel):
     timeline: Path | None = Field(None, description="append the run's timeline (JSON lines) here, for `hailstream report`")
     timeline_every: int = Field(200, description="events between two accuracy points of the timeline")
     batch_size: int = Field(256, description="micro-batch size: events per forward pass")
-    batch_timeout: float = Field(0.05, description="seconds to wait for a micro-batch to fill")
+    batch_timeout: float = Field(
+        0.01, description="longest wait of the consumer's fetch on the broker for new data (10..500 ms); "
+        "with --no-batch-greedy also how long a micro-batch waits to fill"
+    )
+    batch_greedy: bool = Field(
+        True, description="a micro-batch closes as soon as no more events are queued (and, while the worker "
+        "keeps up, the next one fills while it is handled); off: Faust's take, waiting batch_timeout for each "
+        "batch to fill"
+    )
     baselines: bool = Field(True, description="score the baselines prequentially beside the model")
     baseline_sample_every: int = Field(1, description="baselines predict for 1 in N users")
     threads: int = Field(1, description="torch intra-op threads")

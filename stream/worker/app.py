@@ -1,12 +1,13 @@
 """The worker's Faust app: the topics (raw bytes), the changelogged per-user table, ONE thin agent
 and its timers (:func:`make_app`); :func:`stream.worker.process.run_worker` runs it.
 
-The agent only moves bytes: it takes micro-batches (``settings.worker.batch_size`` events or
-``batch_timeout`` seconds), hands each to :func:`stream.worker.pipeline.handle_batch` (off the event
-loop) and writes the outcome through :class:`stream.worker.sink.FaustSink`: table values (with their
-changelog records), predictions, dead letters and drift signals: outputs first, acknowledged by the
-broker before the states are stored, states acknowledged before the batch's events are acked
-(:func:`stream.worker.sink.deliver`), so at-least-once holds across a kill -9.
+The agent only moves bytes: it takes micro-batches (:func:`stream.worker.batching.take_batches`:
+whatever is queued, up to ``settings.worker.batch_size`` events), hands each to
+:func:`stream.worker.pipeline.handle_batch` (off the event loop) and writes the outcome through
+:class:`stream.worker.sink.FaustSink`: table values (with their changelog records), predictions,
+dead letters and drift signals: outputs first, acknowledged by the broker before the states are
+stored, states acknowledged before the batch's events are acked (:func:`stream.worker.sink.deliver`),
+so at-least-once holds across a kill -9.
 Faust settings follow BROKER.md (fast group joins, pre-created topics, earliest offset reset, no
 exactly-once, web server bound to 127.0.0.1 and off unless ``settings.worker.web``: then it serves
 :mod:`stream.worker.web`'s ``GET /users/<id>/recommendations``). Timers: the consumer lag from the fetch high
@@ -30,6 +31,7 @@ from stream.kafka.changelog import read_changelog
 from stream.kafka.topics import TABLE_NAME, changelog_topic
 from stream.settings import Settings
 from stream.worker.batch import Source
+from stream.worker.batching import take_batches
 from stream.worker.pipeline import BatchOutcome, handle_batch
 from stream.worker.runtime import WorkerRuntime
 from stream.worker.sink import FaustSink, SinkError, deliver
@@ -42,7 +44,7 @@ SINK_FAILED_EXIT = 70
 
 
 def fetch_wait_ms(settings: Settings) -> int:
-    """How long a fetch may wait on the broker for new data: the batch timeout (10..500 ms).
+    """How long a fetch may wait on the broker for new data: the batch timeout (10..500 ms; 10 by default).
 
     >>> fetch_wait_ms(Settings(batch_timeout=0.05))
     50
@@ -164,9 +166,11 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
     @app.agent(interactions, name="hailstream-worker")
     async def hailstream_worker(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        # take_events (not take) keeps each message's topic/partition/offset; it is defined on the
-        # concrete Stream only, hence the cast.
-        batches = cast("faust.Stream[Any]", stream).take_events(settings.worker.batch_size, within=settings.worker.batch_timeout)
+        # Events (not values): each keeps its message's topic/partition/offset. take_events is
+        # defined on the concrete Stream only, hence the cast.
+        size, timeout = settings.worker.batch_size, settings.worker.batch_timeout
+        batches = (take_batches(stream, size, within=max(timeout, 0.01)) if settings.worker.batch_greedy
+                   else cast("faust.Stream[Any]", stream).take_events(size, within=timeout))
         async for events in batches:
             batch = [Source.of(e.message) for e in events]
             if runtime.executor is None:

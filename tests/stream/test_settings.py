@@ -25,7 +25,7 @@ def test_defaults_match_the_shared_interface() -> None:
     assert s.dead_letter_topic == "hailstream.dead-letter"
     assert s.model_updates_topic == "hailstream.model-updates"
     assert (s.partitions, s.top_k, s.max_seq_len, s.worker.batch_size) == (4, 10, 50, 256)
-    assert s.worker.batch_timeout == 0.05 and s.max_message_bytes == 65536
+    assert s.worker.batch_timeout == 0.01 and s.max_message_bytes == 65536
     assert (s.worker.web_bind, s.worker.web_port, s.metrics_bind, s.worker.metrics_port) == ("127.0.0.1", 6066, "127.0.0.1", 9464)
     assert s.trainer == TrainerSettings() and s.trainer.metrics_port == 9465 and s.worker == WorkerSettings()
     assert s.data_dir == DEFAULT_DATA_DIR and s.model_dir == DEFAULT_MODEL_DIR and s.model_dir.is_absolute()  # one home, whatever the folder
