@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import faust
 import pytest
@@ -72,67 +72,45 @@ def test_a_partial_batch_goes_at_once_where_take_events_waits(run: Run) -> None:
     assert ref_s >= 1.0  # Faust's take waited its `within` for the lone [6]
 
 
-def test_the_next_batch_fills_while_one_is_handled(run: Run) -> None:
-    async def body(app: faust.App) -> tuple[list[list[int]], list[int]]:
+def _arrivals_while_handling(run: Run, max_: int, later: list[int], **kw: Any) -> tuple[list[list[int]], int]:
+    """Events 0 and 1 form the first batch; while the caller "handles" it, ``later`` arrive. Returns
+    the batches and how many events were still queued on the channel 50 ms into the handling."""
+
+    async def body(app: faust.App) -> tuple[list[list[int]], int]:
         channel, stream = await _stream_with(app, [0, 1])
         out: list[list[int]] = []
-        queued_during: list[int] = []
-        async for batch in take_batches(stream, 100, within=30.0):
+        queued = -1
+        async for batch in take_batches(stream, max_, within=30.0, **kw):
             out.append([e.value for e in batch])
-            if len(out) == 1:  # while the caller "handles" the first batch, three more arrive
-                for v in (2, 3, 4):
+            if len(out) == 1:
+                for v in later:
                     await channel.send(value=v)
                 await asyncio.sleep(0.05)
-                queued_during.append(stream.channel.queue.qsize())
-            if sum(map(len, out)) == 5:
+                queued = stream.channel.queue.qsize()
+            if sum(map(len, out)) == 2 + len(later):
                 break
-        return out, queued_during
+        return out, queued
 
-    out, queued_during = run(body)
+    return cast("tuple[list[list[int]], int]", run(body))
+
+
+def test_the_next_batch_fills_while_one_is_handled(run: Run) -> None:
+    out, queued = _arrivals_while_handling(run, 100, [2, 3, 4])
+    assert queued == 0  # moved into the next batch meanwhile, not left on the channel
     assert out == [[0, 1], [2, 3, 4]]
-    assert queued_during == [0]  # moved into the next batch meanwhile, not left in the channel
 
 
 def test_at_most_overlap_events_move_while_a_batch_is_handled(run: Run) -> None:
-    async def body(app: faust.App) -> tuple[list[list[int]], list[int]]:
-        channel, stream = await _stream_with(app, [0, 1])
-        out: list[list[int]] = []
-        queued_during: list[int] = []
-        async for batch in take_batches(stream, 100, within=30.0, overlap=2):
-            out.append([e.value for e in batch])
-            if len(out) == 1:
-                for v in (2, 3, 4, 5, 6):
-                    await channel.send(value=v)
-                await asyncio.sleep(0.05)
-                queued_during.append(stream.channel.queue.qsize())
-            if sum(map(len, out)) == 7:
-                break
-        return out, queued_during
-
-    out, queued_during = run(body)
+    out, queued = _arrivals_while_handling(run, 100, [2, 3, 4, 5, 6], overlap=2)
     # 2 moved beside the handled batch, a third waits at the door (as in Faust's take), 2 stay queued ...
-    assert queued_during == [2]
+    assert queued == 2
     assert out == [[0, 1], [2, 3, 4, 5, 6]]  # ... and taken into the same next batch once it was done
 
 
 def test_nothing_moves_beside_a_full_batch(run: Run) -> None:
-    async def body(app: faust.App) -> tuple[list[list[int]], list[int]]:
-        channel, stream = await _stream_with(app, [0, 1])
-        out: list[list[int]] = []
-        queued_during: list[int] = []
-        async for batch in take_batches(stream, 2, within=30.0):
-            out.append([e.value for e in batch])
-            if len(out) == 1:  # a full batch: the worker is behind, the next one fills afterwards
-                for v in (2, 3, 4):
-                    await channel.send(value=v)
-                await asyncio.sleep(0.05)
-                queued_during.append(stream.channel.queue.qsize())
-            if sum(map(len, out)) == 5:
-                break
-        return out, queued_during
-
-    out, queued_during = run(body)
-    assert queued_during == [2]  # one at the door, as in Faust's take; the rest still queued
+    # A full first batch (max_ 2): the worker is behind, so the next one fills only afterwards.
+    out, queued = _arrivals_while_handling(run, 2, [2, 3, 4])
+    assert queued == 2  # one at the door, as in Faust's take; the rest still queued
     assert out == [[0, 1], [2, 3], [4]]
 
 
