@@ -137,6 +137,16 @@ def per_event(st: dict[str, Any]) -> dict[str, Any]:
     return {"cpu_us": cpu, "wall_us": wall, "inference_cpu_us_per_peer": cpu.get("inference", 0.0) / PEERS}
 
 
+def per_batch_wall_ms(st: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds of wall time per batch by phase (where a batch's cycle goes), from a worker's stats.
+
+    >>> per_batch_wall_ms({"batches": 4, "busy_s": {"inference": 0.02, "send": 0.01}})
+    {'inference': 5.0, 'send': 2.5}
+    """
+    batches = max(1, int(st.get("batches") or 0))
+    return {k: 1e3 * v / batches for k, v in (st.get("busy_s") or {}).items()}
+
+
 def read_topic(settings: Any, topic: str, timeout: float = 10.0) -> list[Any]:
     """Every record of ``topic`` (all partitions, from the beginning), kafka-python, no group."""
     from kafka import TopicPartition
@@ -398,7 +408,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lat = st["topic_latency"]
             name = flags or "(defaults)"
             result["latency"][name] = {"offered_rate": rate, **lat, "worker_stats_incl_warmup": st.get("latency_s"),
-                                       "worker_batches": st.get("batches"), "worker_events": st.get("events")}
+                                       "worker_batches": st.get("batches"), "worker_events": st.get("events"),
+                                       "batch_wall_ms": per_batch_wall_ms(st)}
             log(f"latency {name} at {rate:,.0f} events/s: {lat}")
 
         try:
@@ -521,12 +532,15 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Latency: Kafka time of the input record -> the prediction's `produced_at`, matched by event id, "
               f"over the events after the first {r['latency_warmup']} published (warm-up); paced replay, "
               f"{r['latency_events']} events.", "",
-              "| latency run | offered events/s | p50 ms | p99 ms | max ms | events per batch |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| latency run | offered events/s | p50 ms | p99 ms | max ms | events per batch "
+              "| wall ms per batch: work / send |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for flags, lat in r["latency"].items():
         per_batch = f"{lat['worker_events'] / lat['worker_batches']:.1f}" if lat.get("worker_batches") else ""
+        ms = lat.get("batch_wall_ms") or {}
+        cycle = f"{sum(v for k, v in ms.items() if k != 'send'):.1f} / {ms.get('send', 0.0):.1f}" if ms else ""
         lines.append(f"| one worker `{flags}` | {lat['offered_rate']:,.0f} | {_ms(lat.get('p50'))} | "
-                     f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} | {per_batch} |")
+                     f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} | {per_batch} | {cycle} |")
     if pair and "latency" in pair:
         pl = pair["latency"]
         lines.append(f"| (d) 2 workers, all partitions | {pl['offered_rate']:,.0f} | {_ms(pl.get('p50'))} | "
