@@ -9,9 +9,13 @@ events, acked the same way (after the caller is done with the batch), with two c
   ``max_`` events), so a lone event goes at once and a burst goes as one batch;
 - **double-buffered while it keeps up**: while the caller handles a batch that was not full (the
   model runs in a thread), the event loop keeps moving new events into the next one, up to
-  :data:`OVERLAP`. Behind a full batch (a backlog) it does not: there, moving events beside the model
-  cost ~8-15% of the throughput on a busy 2-core machine (bench/RESULTS.md), and latency is
-  queueing anyway.
+  :data:`OVERLAP`. Behind a full batch (a backlog) it does not: there latency is queueing anyway,
+  and filling a whole batch beside the model looked costly on a busy 2-core machine (bench/RESULTS.md,
+  within the run-to-run noise).
+
+Events held in the next batch when their partitions are revoked fare as those in Faust's take
+buffer do: they are still handled here, and the new owner gets them again from the last committed
+offset (duplicates, as at-least-once allows).
 
 Batches grow with the load by themselves: the busier the worker, the more events queue up during a
 batch, the larger the next one. The structure (a stream processor that fills a buffer, passive
