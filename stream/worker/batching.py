@@ -106,8 +106,9 @@ async def _batches(stream: Any, max_: int, within: float, overlap: int) -> Async
             batch = filling[:]
             filling.clear()
             ready.clear()
-            room.set()
             limit[0] = min(overlap, max_) if len(batch) < max_ else 0
+            if limit[0]:
+                room.set()  # the next batch may fill beside this one
             try:
                 yield batch
             finally:
