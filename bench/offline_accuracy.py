@@ -77,6 +77,13 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "hail-unlikelihood+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "unlikelihood"}),
     "hail-exclusive+copy": ("hail", 2, {**SHARED, "history": "copy", "med_form": "exclusive"}),
 }
+# "+trans": the global transition output (models/transitions.py), 100 successors per item.
+TRANSITIONS = 100
+for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
+    _model, _peers, _spec = ROWS[_name + "+copy"]
+    ROWS[_name + "+copy+trans"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS})
+ROWS["sasrec+trans"] = ("sasrec", 1, {"transitions": TRANSITIONS})
+ROWS["sasrec+copy+trans+softmax"] = ("sasrec", 1, {"history": "copy", "transitions": TRANSITIONS, "softmax_ce": 1.0})
 # Every row above counts SASRec positions from the window's end (the default until 2026-12-03, when
 # these rows were run); "-start": the same row with positions from the window's start (the default
 # since, models/encoders.py).
@@ -104,10 +111,13 @@ LABELS = {
 
 
 def label(row: str) -> str:
+    row, soft = (row[: -len("+softmax")], True) if row.endswith("+softmax") else (row, False)
+    row, trans = (row[: -len("+trans")], True) if row.endswith("+trans") else (row, False)
     base, copy = (row[: -len("+copy")], True) if row.endswith("+copy") else (row, False)
     base, start = (base[: -len("-start")], True) if base.endswith("-start") else (base, False)
     return (LABELS.get(base, base) + (", positions from the start" if start else "")
-            + (" + history output" if copy else ""))
+            + (" + history output" if copy else "") + (" + transition output" if trans else "")
+            + (" + softmax CE" if soft else ""))
 
 
 def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> list[float]:
@@ -132,6 +142,7 @@ def run_one(split: SequenceSplit, row: str, seed: int, tc: TrainConfig, override
         "epochs_run": result.epochs_run,
         "budget": result.budget,
         "budget_bound": result.budget_bound,
+        "calibration": result.calibration,
         "seconds_per_epoch": result.seconds_per_epoch,
         "wall_seconds": time.perf_counter() - t0,
         "history": result.history,

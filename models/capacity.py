@@ -181,6 +181,7 @@ def reset_rows(model: HAIL, rows: np.ndarray | Iterable[int], seed: int = 0) -> 
     if model.item_bias is not None:  # a recycled row starts with a neutral output bias too
         with torch.no_grad():
             model.item_bias[idx.to(model.item_bias.device)] = 0.0
+    model.forget_transitions(idx)  # and with no transitions, to or from it
 
 
 def candidate_from(live: HAIL, live_vocab: ItemVocab, vocab: ItemVocab, seed: int = 0) -> HAIL:

@@ -12,7 +12,12 @@ replaced by the mask token and predicted. The loss is one of :mod:`models.losses
 every peer (a learned gate between the softmax and a copy distribution over the sequence's own
 items); the losses then see each peer's mixture. ``contrast`` = λ > 0 adds a contrastive term
 with same-target positives on each peer's sequence representation (:mod:`models.contrast`, after
-DuoRec). Prediction averages the peers' log-probabilities, or uses one chosen peer.
+DuoRec). ``transitions`` = W > 0 adds a third output component to every peer: the catalogue's
+item-to-item transitions (each item's W most frequent successors, counted by :meth:`HAIL.set_transitions`
+over all users and stored with the model) behind their own learned gate (:mod:`models.transitions`).
+``softmax_ce`` > 0 adds that
+weight times a cross-entropy on each peer's own softmax, so that the softmax stays a whole model
+beside the mixture components. Prediction averages the peers' log-probabilities, or uses one chosen peer.
 
 Common set-ups: a single SASRec is ``HailConfig(n_peers=1, distill="none")``; a plain ensemble is
 ``HailConfig(n_peers=2, distill="none")``; DML is ``distill="dml"``; HAIL as published is
@@ -38,12 +43,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.contrast import info_nce
 from models.encoders import ACTIVATIONS, ENCODERS, BERT4RecEncoder, SequenceEncoder, make_encoder
 from models.errors import ModelsError
-from models.history import CopyHead, successors
+from models.history import CopyHead, mix_slots, successors
 from models.losses import (
     AGGREGATES,
     MED_FORMS,
@@ -52,6 +58,7 @@ from models.losses import (
     mutual_exclusivity_distillation,
 )
 from models.names import HISTORY, POSITIONS
+from models.transitions import TransitionHead, transition_table
 from models.vocab import PAD
 
 DISTILL = ("med", "dml", "none")
@@ -100,6 +107,8 @@ class HailConfig:
     positions: str = "start"
     contrast: float = 0.0
     contrast_tau: float = 1.0
+    transitions: int = 0
+    softmax_ce: float = 0.0
 
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
@@ -140,6 +149,10 @@ class HailConfig:
             raise ModelsError("contrast must be >= 0 (0 = off) and contrast_tau > 0")
         if self.contrast and "bert4rec" in kinds:
             raise ModelsError("contrast (same-target positives, models.contrast) needs next-item encoders, not bert4rec")
+        if self.softmax_ce < 0 or (self.softmax_ce and "bert4rec" in kinds):
+            raise ModelsError("softmax_ce must be >= 0 (0 = off) and needs next-item encoders")
+        if self.transitions < 0:
+            raise ModelsError(f"transitions must be >= 0 successors per item (0 = off), not {self.transitions}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HailConfig:
@@ -158,6 +171,11 @@ class HailConfig:
 
 class HAIL(nn.Module):
     """The K-peer ensemble. ``n_rows`` = item vocabulary rows (items + padding)."""
+
+    # the transition table (buffers; empty without config.transitions): models.transitions
+    trans_next: torch.Tensor
+    trans_count: torch.Tensor
+    trans_total: torch.Tensor
 
     def __init__(self, config: HailConfig, n_rows: int) -> None:
         super().__init__()
@@ -185,6 +203,37 @@ class HAIL(nn.Module):
                     torch.manual_seed(config.seed + PEER_SEED_STRIDE * k + 1)
                     heads.append(CopyHead(config.hidden, config.max_len))
         self.copy_heads = nn.ModuleList(heads)
+        self.trans_heads = nn.ModuleList(
+            [TransitionHead(config.hidden) for _ in range(config.n_peers)] if config.transitions else [])
+        width = max(config.transitions, 1)  # a 1-column placeholder keeps the state dict's keys fixed
+        self.register_buffer("trans_next", torch.zeros(n_rows if config.transitions else 0, width, dtype=torch.long))
+        self.register_buffer("trans_count", torch.zeros(n_rows if config.transitions else 0, width))
+        self.register_buffer("trans_total", torch.zeros(n_rows if config.transitions else 0))
+
+    def set_transitions(self, sequences: Any, add: bool = False) -> None:
+        """Count the successors of every item over ``sequences`` (item index arrays, oldest first)
+        into the model's transition table, replacing it or, with ``add``, adding to it. A no-op
+        without ``config.transitions``. The training loss leaves each query's own transition out,
+        so the sequences a model is trained on must be counted here first (:func:`models.trainer.train`
+        and :func:`models.trainer.fine_tune` do)."""
+        if not self.config.transitions:
+            return
+        base = (self.trans_next, self.trans_count, self.trans_total) if add else None
+        nxt, cnt, tot = transition_table(sequences, self.n_rows, self.config.transitions, base)
+        self.trans_next = nxt.to(self.trans_next.device)
+        self.trans_count, self.trans_total = cnt.to(self.trans_count), tot.to(self.trans_total)
+
+    def forget_transitions(self, rows: torch.Tensor) -> None:
+        """Drop every counted transition from or to the items ``rows`` (recycled indices: a new item
+        must not inherit the evicted one's successors). A no-op without ``config.transitions``."""
+        if not self.config.transitions or rows.numel() == 0:
+            return
+        rows = rows.to(self.trans_next.device)
+        gone = torch.isin(self.trans_next, rows)
+        self.trans_total -= (self.trans_count * gone).sum(1)
+        self.trans_count[gone] = 0.0
+        self.trans_next[gone] = PAD
+        self.trans_next[rows], self.trans_count[rows], self.trans_total[rows] = PAD, 0.0, 0.0
 
     def _share_table(self) -> None:
         # One nn.Embedding module referenced by every peer: one parameter for the optimizer.
@@ -278,6 +327,12 @@ class HAIL(nn.Module):
             loss = loss + cfg.contrast * contrast
             stats["contrast"] = float(contrast.detach()) / len(terms)
             stats["loss"] = float(loss.detach())
+        if cfg.softmax_ce and hidden:  # each peer's own softmax, trained as if it stood alone
+            where = (seqs != PAD) & (targets != PAD)
+            own = torch.stack([F.cross_entropy(self._scores(k, h[where]), y) for k, h in enumerate(hidden)]).sum()
+            loss = loss + cfg.softmax_ce * own
+            stats["softmax_ce"] = float(own.detach()) / len(hidden)
+            stats["loss"] = float(loss.detach())
         stats["targets"] = float(n)
         return loss, stats
 
@@ -299,7 +354,7 @@ class HAIL(nn.Module):
         for k, peer in enumerate(self.networks):
             h = peer.hidden_states(seqs)
             hidden.append(h)
-            outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match))
+            outs.append(self._output(k, h, valid, seqs, ages, allowed, succ_allowed, match, targets))
         return outs, targets[valid], hidden
 
     def _cloze_outputs(self, items: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -322,24 +377,55 @@ class HAIL(nn.Module):
         for k, peer in enumerate(self.networks):
             assert isinstance(peer, BERT4RecEncoder)
             h = peer.hidden_states(items, masked)
-            outs.append(self._output(k, h, masked, items, ages, allowed, succ_allowed, match))
+            outs.append(self._output(k, h, masked, items, ages, allowed, succ_allowed, match, items, current))
         return outs, items[masked]
 
     def _output(
         self, k: int, h: torch.Tensor, where: torch.Tensor, items: torch.Tensor, ages: torch.Tensor,
-        allowed: torch.Tensor, succ_allowed: torch.Tensor, match: torch.Tensor,
+        allowed: torch.Tensor, succ_allowed: torch.Tensor, match: torch.Tensor, targets: torch.Tensor | None = None,
+        current: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Peer k's scores ``[N, V]`` at the ``where`` positions of ``h`` ``[B, L, H]``: logits,
-        or with ``history="copy"`` the mixture's log-probabilities (slots as in
-        :meth:`CopyHead.forward`)."""
+        or with ``history="copy"`` and/or ``transitions`` the mixture's log-probabilities (slots as
+        in :meth:`CopyHead.forward`). ``targets`` ``[B, L]``: the training targets (each query's own
+        transition is left out); ``current`` ``[B, L]``: each query's latest item (default ``items``;
+        cloze queries: the item before the mask)."""
         z = self._scores(k, h[where])
-        if not self.copy_heads:
+        if not self.copy_heads and not self.trans_heads:
             return z
-        a, b, gate = self._copy(k)(h, self._peer(k).item_emb(items), ages, allowed, succ_allowed, match)
-        length = items.shape[1]
-        keys = items.unsqueeze(1).expand(-1, length, -1)
-        succ = successors(items).unsqueeze(1).expand(-1, length, -1)
-        return CopyHead.mix(z, a[where], b[where], gate[where], keys[where], succ[where])
+        copy = None
+        if self.copy_heads:
+            a, b, gate = self._copy(k)(h, self._peer(k).item_emb(items), ages, allowed, succ_allowed, match)
+            length = items.shape[1]
+            keys = items.unsqueeze(1).expand(-1, length, -1)
+            succ = successors(items).unsqueeze(1).expand(-1, length, -1)
+            if not self.trans_heads:
+                return CopyHead.mix(z, a[where], b[where], gate[where], keys[where], succ[where])
+            copy = (torch.cat([a[where], b[where]], 1), gate[where], torch.cat([keys[where], succ[where]], 1))
+        own = targets[where] if self.training and targets is not None else None
+        return self._mixture(k, z, h[where], copy, (items if current is None else current)[where], own)
+
+    def _mixture(
+        self, k: int, z: torch.Tensor, h: torch.Tensor, copy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        current: torch.Tensor, targets: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Peer k's ``log p`` ``[N, V]`` with the transition component (:mod:`models.transitions`):
+        ``z`` logits, ``h`` ``[N, H]`` the queries, ``copy`` = (slot weights, gate logit, slot items)
+        of the copy head or None, ``current`` ``[N]`` each query's latest item, ``targets`` ``[N]``
+        (training: leave each query's own transition out) or None."""
+        head = self.trans_heads[k]
+        assert isinstance(head, TransitionHead)
+        gates = [torch.zeros_like(z[:, 0]), head.gate(h).squeeze(-1)]
+        if copy is not None:
+            gates.append(copy[1])
+        log_g = torch.log_softmax(torch.stack(gates, 1), dim=1)  # [N, 2 or 3]: gen, trans, copy
+        nxt, cnt, tot = TransitionHead.rows((self.trans_next, self.trans_count, self.trans_total), current, targets)
+        lent, per_count = head.split(log_g[:, 1], tot)
+        items, mass = nxt, cnt * per_count.unsqueeze(1)
+        if copy is not None:
+            items = torch.cat([items, copy[2]], 1)
+            mass = torch.cat([mass, copy[0] * log_g[:, 2].exp().unsqueeze(1)], 1)
+        return mix_slots(z, torch.logaddexp(log_g[:, 0], lent), items, mass)
 
     def log_probs(self, seqs: torch.Tensor, peer: int | None = None) -> torch.Tensor:
         """Next-item log-probabilities ``[B, n_rows]`` after ``[B, L]`` left-padded sequences: the
@@ -359,14 +445,19 @@ class HAIL(nn.Module):
         the last position when already known (:mod:`models.incremental`)."""
         h = self._peer(k).encode(seqs) if hidden is None else hidden
         z = self._scores(k, h)
-        if not self.copy_heads:
+        if not self.copy_heads and not self.trans_heads:
             return torch.log_softmax(z, dim=-1)
+        if not self.copy_heads:
+            return self._mixture(k, z, h, None, seqs[:, -1], None)
         length = seqs.shape[1]
         ages = torch.arange(length - 1, -1, -1, device=seqs.device).view(1, 1, -1)  # latest item: 0
         real = (seqs != PAD).unsqueeze(1)
         match = (seqs == seqs[:, -1:]).unsqueeze(1)
         a, b, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, real, real & (ages >= 1), match)
-        return CopyHead.mix(z, a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs))
+        if not self.trans_heads:
+            return CopyHead.mix(z, a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs))
+        copy = (torch.cat([a[:, 0], b[:, 0]], 1), gate[:, 0], torch.cat([seqs, successors(seqs)], 1))
+        return self._mixture(k, z, h, copy, seqs[:, -1], None)
 
     @torch.no_grad()
     def recommend(self, seqs: torch.Tensor, k: int, peer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,3 +493,8 @@ class HAIL(nn.Module):
         if self.item_bias is not None and n_rows > old:
             bias = self.item_bias.detach()
             self.item_bias = nn.Parameter(torch.cat([bias, bias.new_zeros(n_rows - old)]))
+        if self.config.transitions and n_rows > old:  # new items: no successors counted yet
+            extra = n_rows - old
+            self.trans_next = torch.cat([self.trans_next, self.trans_next.new_zeros(extra, self.trans_next.shape[1])])
+            self.trans_count = torch.cat([self.trans_count, self.trans_count.new_zeros(extra, self.trans_count.shape[1])])
+            self.trans_total = torch.cat([self.trans_total, self.trans_total.new_zeros(extra)])

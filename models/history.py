@@ -104,24 +104,40 @@ class CopyHead(nn.Module):
     ) -> torch.Tensor:
         """``log p`` ``[N, V]`` of the mixture: ``logits`` ``[N, V]`` (padding column at -inf),
         ``a``, ``b`` ``[N, S]``, ``gate_logit`` ``[N]``, ``key_items``/``succ_items`` ``[N, S]``
-        item indices (the item at each slot, and the item that followed it).
+        item indices (the item at each slot, and the item that followed it); the gate's share
+        ``sigmoid(gate_logit)`` goes to the slots, the rest to the softmax (:func:`mix_slots`)."""
+        mass = torch.cat([a, b], 1) * torch.sigmoid(gate_logit).unsqueeze(-1)
+        return mix_slots(logits, F.logsigmoid(-gate_logit), torch.cat([key_items, succ_items], 1), mass)
 
-        Only the slots' items change: each distinct slot item gets ``logaddexp(log_gen, log_copy)``
-        (log space, so an item the softmax finds very unlikely keeps a finite, differentiable
-        log-probability), every other item keeps ``log_gen``. Written as ``[N, 2S]`` values scattered
-        into ``log_gen`` rather than a dense ``logaddexp`` over all V items (its backward was the most
-        expensive op of a training step); a repeated item's slots are summed first and written once
-        (the others are sent to the padding column, which ends at ``-inf``)."""
-        log_gen = F.log_softmax(logits, dim=-1) + F.logsigmoid(-gate_logit).unsqueeze(-1)
-        slots, order = torch.cat([key_items, succ_items], 1).sort(dim=1)  # equal items adjacent
-        p_copy = torch.cat([a, b], 1).gather(1, order)
-        with torch.no_grad():
-            first = torch.ones_like(slots, dtype=torch.bool)
-            first[:, 1:] = slots[:, 1:] != slots[:, :-1]
-            run = first.cumsum(1) - 1  # which distinct item of its row each slot is
-            where = slots.masked_fill(~first, PAD)  # one write per distinct item
-        total = torch.zeros_like(p_copy).scatter_add_(1, run, p_copy).gather(1, run)  # summed over its slots
-        log_copy = total.clamp_min(_TINY).log() + F.logsigmoid(gate_logit).unsqueeze(-1)
-        out = log_gen.scatter(1, where, torch.logaddexp(log_gen.gather(1, slots), log_copy))
-        out[:, PAD] = float("-inf")
-        return out
+
+def mix_slots(logits: torch.Tensor, log_gen_weight: torch.Tensor, items: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``log p`` ``[N, V]`` of ``p = w · softmax(logits) + Σ_s mass_s · 1[item = items_s]``:
+    ``logits`` ``[N, V]`` (padding column at -inf), ``log_gen_weight`` ``[N]`` = ``log w``,
+    ``items``/``mass`` ``[N, S]`` slot items and their probability mass (slots on padding are
+    dropped).
+
+    Only the slots' items change: each distinct slot item gets ``logaddexp(log_gen, log Σ mass)``
+    (log space, so an item the softmax finds very unlikely keeps a finite, differentiable
+    log-probability), every other item keeps ``log_gen``. Written as ``[N, S]`` values scattered
+    into ``log_gen`` rather than a dense ``logaddexp`` over all V items (its backward was the most
+    expensive op of a training step); a repeated item's slots are summed first and written once
+    (the others are sent to the padding column, which ends at ``-inf``).
+
+    >>> logits = torch.tensor([[float("-inf"), 0.0, 0.0]])
+    >>> lp = mix_slots(logits, torch.tensor([0.5]).log(), torch.tensor([[2, 2, 0]]), torch.tensor([[0.2, 0.3, 0.9]]))
+    >>> [round(float(v), 4) for v in lp.exp()[0, 1:]]   # 0.5·0.5, 0.5·0.5 + 0.2 + 0.3
+    [0.25, 0.75]
+    """
+    log_gen = F.log_softmax(logits, dim=-1) + log_gen_weight.unsqueeze(-1)
+    slots, order = items.sort(dim=1)  # equal items adjacent
+    p_slot = mass.gather(1, order)
+    with torch.no_grad():
+        first = torch.ones_like(slots, dtype=torch.bool)
+        first[:, 1:] = slots[:, 1:] != slots[:, :-1]
+        run = first.cumsum(1) - 1  # which distinct item of its row each slot is
+        where = slots.masked_fill(~first, PAD)  # one write per distinct item
+    total = torch.zeros_like(p_slot).scatter_add_(1, run, p_slot).gather(1, run)  # summed over its slots
+    log_slot = total.clamp_min(_TINY).log()
+    out = log_gen.scatter(1, where, torch.logaddexp(log_gen.gather(1, slots), log_slot))
+    out[:, PAD] = float("-inf")
+    return out

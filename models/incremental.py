@@ -149,7 +149,7 @@ class IncrementalScorer:
             self._weights = self._stack_weights()
             self.clear()
         hidden = self._hidden(seqs)  # [P, B, H]
-        if self.model.copy_heads:
+        if self.model.copy_heads or self.model.trans_heads:
             padded = left_pad(seqs, max(len(s) for s in seqs))
             lp = torch.stack([self.model._next_log_probs(k, padded, hidden[p]) for p, k in enumerate(self.peers)])
         else:

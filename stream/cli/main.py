@@ -114,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "encoders": tuple(args.encoders.split(",")) if args.encoders else None,
             "med_alpha": args.med_alpha, "med_beta": args.med_beta, "med_gamma": args.med_gamma,
             "history": args.history, "heads": args.heads, "positions": args.positions,
-            "contrast": args.contrast, "contrast_tau": args.contrast_tau,
+            "contrast": args.contrast, "contrast_tau": args.contrast_tau, "transitions": args.transitions,
             "share_embedding": True if args.share_embedding else None,
             "output_bias": True if args.share_embedding else None,
         }.items()
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--contrast", _nonnegative, "weight of a contrastive term with same-target positives on each peer's "
                                      "sequence representation (models.contrast, after DuoRec; default 0 = off)"),
         ("--contrast-tau", _positive, "temperature of that contrastive term (default 1)"),
+        ("--transitions", int, "successors kept per item for a learned output over every user's item-to-item "
+                               "transitions (models.transitions; best on sparse data such as Beauty; default 0 = off)"),
     ]
     for name, typ, text in flags:
         t.add_argument(name, type=typ, help=text)
