@@ -49,20 +49,22 @@ def test_train_then_evaluate_round_trip(small_csv, tmp_path, capsys):
 @needs_nyc
 def test_train_takes_the_model_options_of_the_benchmarks(small_csv, tmp_path):
     """The configuration of the accuracy table's rows is one command: coded MED with its α/β/γ, the
-    history-aware output, one shared item table, AdamW with warm-up and clipping."""
+    history-aware output, the transition output, one shared item table, AdamW with warm-up and clipping."""
     out = tmp_path / "run"
     rc = main(["train", "--dataset", str(small_csv), "--model", "hail", "--epochs", "1", "--hidden", "8",
                "--heads", "2", "--layers", "1", "--max-len", "10", "--history", "copy", "--share-embedding",
                "--med-form", "coded", "--med-alpha", "-1", "--med-beta", "0.1", "--med-gamma", "2",
                "--optimizer", "adamw", "--schedule", "linear", "--warmup-steps", "5", "--clip-norm", "1",
-               "--weight-decay", "0.01", "--quiet", "--out", str(out)])
+               "--weight-decay", "0.01", "--transitions", "16", "--quiet", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     cfg, tc = metrics["config"], metrics["train"]
     assert (cfg["history"], cfg["share_embedding"], cfg["output_bias"], cfg["heads"]) == ("copy", True, True, 2)
     assert (cfg["med_form"], cfg["med_alpha"], cfg["med_beta"], cfg["med_gamma"]) == ("coded", -1.0, 0.1, 2.0)
     assert (tc["optimizer"], tc["schedule"], tc["warmup_steps"], tc["clip_norm"]) == ("adamw", "linear", 5, 1.0)
-    assert load_checkpoint(out / "model.safetensors").config.history == "copy"
+    ckpt = load_checkpoint(out / "model.safetensors")
+    assert ckpt.config.history == "copy" and ckpt.config.transitions == 16
+    assert float(ckpt.model.trans_total.sum()) > 0  # the table travels with the model
 
 
 @needs_nyc
