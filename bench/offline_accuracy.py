@@ -110,11 +110,15 @@ LABELS = {
 }
 
 
+def _suffix(row: str, suffix: str) -> tuple[str, bool]:
+    return (row[: -len(suffix)], True) if row.endswith(suffix) else (row, False)
+
+
 def label(row: str) -> str:
-    row, soft = (row[: -len("+softmax")], True) if row.endswith("+softmax") else (row, False)
-    row, trans = (row[: -len("+trans")], True) if row.endswith("+trans") else (row, False)
-    base, copy = (row[: -len("+copy")], True) if row.endswith("+copy") else (row, False)
-    base, start = (base[: -len("-start")], True) if base.endswith("-start") else (base, False)
+    row, soft = _suffix(row, "+softmax")
+    row, trans = _suffix(row, "+trans")
+    base, copy = _suffix(row, "+copy")
+    base, start = _suffix(base, "-start")
     return (LABELS.get(base, base) + (", positions from the start" if start else "")
             + (" + history output" if copy else "") + (" + transition output" if trans else "")
             + (" + softmax CE" if soft else ""))

@@ -205,10 +205,11 @@ class HAIL(nn.Module):
         self.copy_heads = nn.ModuleList(heads)
         self.trans_heads = nn.ModuleList(
             [TransitionHead(config.hidden) for _ in range(config.n_peers)] if config.transitions else [])
-        width = max(config.transitions, 1)  # a 1-column placeholder keeps the state dict's keys fixed
-        self.register_buffer("trans_next", torch.zeros(n_rows if config.transitions else 0, width, dtype=torch.long))
-        self.register_buffer("trans_count", torch.zeros(n_rows if config.transitions else 0, width))
-        self.register_buffer("trans_total", torch.zeros(n_rows if config.transitions else 0))
+        # without transitions: empty tables of 1 column, so that the state dict's keys stay fixed
+        rows, width = (n_rows, config.transitions) if config.transitions else (0, 1)
+        self.register_buffer("trans_next", torch.zeros(rows, width, dtype=torch.long))
+        self.register_buffer("trans_count", torch.zeros(rows, width))
+        self.register_buffer("trans_total", torch.zeros(rows))
 
     def set_transitions(self, sequences: Any, add: bool = False) -> None:
         """Count the successors of every item over ``sequences`` (item index arrays, oldest first)
@@ -399,32 +400,35 @@ class HAIL(nn.Module):
             length = items.shape[1]
             keys = items.unsqueeze(1).expand(-1, length, -1)
             succ = successors(items).unsqueeze(1).expand(-1, length, -1)
-            if not self.trans_heads:
-                return CopyHead.mix(z, a[where], b[where], gate[where], keys[where], succ[where])
-            copy = (torch.cat([a[where], b[where]], 1), gate[where], torch.cat([keys[where], succ[where]], 1))
+            copy = (a[where], b[where], gate[where], keys[where], succ[where])
         own = targets[where] if self.training and targets is not None else None
         return self._mixture(k, z, h[where], copy, (items if current is None else current)[where], own)
 
     def _mixture(
-        self, k: int, z: torch.Tensor, h: torch.Tensor, copy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        self, k: int, z: torch.Tensor, h: torch.Tensor, copy: tuple[torch.Tensor, ...] | None,
         current: torch.Tensor, targets: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Peer k's ``log p`` ``[N, V]`` with the transition component (:mod:`models.transitions`):
-        ``z`` logits, ``h`` ``[N, H]`` the queries, ``copy`` = (slot weights, gate logit, slot items)
-        of the copy head or None, ``current`` ``[N]`` each query's latest item, ``targets`` ``[N]``
-        (training: leave each query's own transition out) or None."""
+        """Peer k's ``log p`` ``[N, V]``: the softmax of the logits ``z`` mixed with the copy head
+        (``copy`` = the arguments of :meth:`CopyHead.mix` after ``z``, or None) and with
+        ``config.transitions`` the transition component (:mod:`models.transitions`); ``h`` ``[N, H]``
+        the queries, ``current`` ``[N]`` each query's latest item, ``targets`` ``[N]`` (training:
+        leave each query's own transition out) or None."""
+        if not self.trans_heads:
+            assert copy is not None
+            return CopyHead.mix(z, *copy)
         head = self.trans_heads[k]
         assert isinstance(head, TransitionHead)
         gates = [torch.zeros_like(z[:, 0]), head.gate(h).squeeze(-1)]
         if copy is not None:
-            gates.append(copy[1])
+            gates.append(copy[2])
         log_g = torch.log_softmax(torch.stack(gates, 1), dim=1)  # [N, 2 or 3]: gen, trans, copy
         nxt, cnt, tot = TransitionHead.rows((self.trans_next, self.trans_count, self.trans_total), current, targets)
         lent, per_count = head.split(log_g[:, 1], tot)
         items, mass = nxt, cnt * per_count.unsqueeze(1)
         if copy is not None:
-            items = torch.cat([items, copy[2]], 1)
-            mass = torch.cat([mass, copy[0] * log_g[:, 2].exp().unsqueeze(1)], 1)
+            a, b, _, keys, succ = copy
+            items = torch.cat([items, keys, succ], 1)
+            mass = torch.cat([mass, torch.cat([a, b], 1) * log_g[:, 2].exp().unsqueeze(1)], 1)
         return mix_slots(z, torch.logaddexp(log_g[:, 0], lent), items, mass)
 
     def log_probs(self, seqs: torch.Tensor, peer: int | None = None) -> torch.Tensor:
@@ -454,10 +458,7 @@ class HAIL(nn.Module):
         real = (seqs != PAD).unsqueeze(1)
         match = (seqs == seqs[:, -1:]).unsqueeze(1)
         a, b, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, real, real & (ages >= 1), match)
-        if not self.trans_heads:
-            return CopyHead.mix(z, a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs))
-        copy = (torch.cat([a[:, 0], b[:, 0]], 1), gate[:, 0], torch.cat([seqs, successors(seqs)], 1))
-        return self._mixture(k, z, h, copy, seqs[:, -1], None)
+        return self._mixture(k, z, h, (a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs)), seqs[:, -1], None)
 
     @torch.no_grad()
     def recommend(self, seqs: torch.Tensor, k: int, peer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -494,7 +495,6 @@ class HAIL(nn.Module):
             bias = self.item_bias.detach()
             self.item_bias = nn.Parameter(torch.cat([bias, bias.new_zeros(n_rows - old)]))
         if self.config.transitions and n_rows > old:  # new items: no successors counted yet
-            extra = n_rows - old
-            self.trans_next = torch.cat([self.trans_next, self.trans_next.new_zeros(extra, self.trans_next.shape[1])])
-            self.trans_count = torch.cat([self.trans_count, self.trans_count.new_zeros(extra, self.trans_count.shape[1])])
-            self.trans_total = torch.cat([self.trans_total, self.trans_total.new_zeros(extra)])
+            for name in ("trans_next", "trans_count", "trans_total"):
+                table = getattr(self, name)
+                setattr(self, name, torch.cat([table, table.new_zeros((n_rows - old, *table.shape[1:]))]))

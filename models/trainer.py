@@ -382,7 +382,7 @@ def fine_tune(
     if windows.dim() != 2 or windows.shape[1] < 2:
         raise ModelsError(f"windows must be [N, L+1] with L >= 1, got {tuple(windows.shape)}")
     windows = windows[((windows[:, :-1] != 0) & (windows[:, 1:] != 0)).any(1)]
-    if steps > 0:  # config.transitions: count the windows' transitions in (a pair in two calls' data counts twice)
+    if steps > 0 and model.config.transitions:  # count the windows' transitions in (twice if in two calls' data)
         model.set_transitions(list(windows.cpu().numpy()), add=True)
     if steps == 0 or len(windows) == 0:
         return {"steps": 0.0, "loss": float("nan"), "first_loss": float("nan"), "last_loss": float("nan"),
