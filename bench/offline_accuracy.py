@@ -41,6 +41,7 @@ from models.presets import preset
 from models.repeat import RepeatMixture, choose_alpha
 from models.splits import SequenceSplit, leave_last_out
 from models.trainer import TrainConfig, train
+from models.transitions import NEIGHBOURS
 from stream.cli.offline import baseline_metrics
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
@@ -82,6 +83,14 @@ TRANSITIONS = 100
 for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
     _model, _peers, _spec = ROWS[_name + "+copy"]
     ROWS[_name + "+copy+trans"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS})
+# "+nbr": the same output over a neighbour table (models/transitions.py): pairs up to two steps
+# apart, reversed pairs at half weight, the rows of the user's last three items; the settings of
+# the co-occurrence counter's best validation NDCG@10 on Beauty (bench/RESULTS.md, 2026-12-07 night).
+for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
+    _model, _peers, _spec = ROWS[_name + "+copy"]
+    ROWS[_name + "+copy+nbr"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS, **NEIGHBOURS})
+    # "+bias": the table enters as evidence added to the logits (trans_mode="bias"), not as a mixture
+    ROWS[_name + "+copy+nbr+bias"] = (_model, _peers, {**ROWS[_name + "+copy+nbr"][2], "trans_mode": "bias"})
 ROWS["sasrec+trans"] = ("sasrec", 1, {"transitions": TRANSITIONS})
 ROWS["sasrec+copy+trans+softmax"] = ("sasrec", 1, {"history": "copy", "transitions": TRANSITIONS, "softmax_ce": 1.0})
 # Every row above counts SASRec positions from the window's end (the default until 2026-12-03, when
@@ -116,11 +125,14 @@ def _suffix(row: str, suffix: str) -> tuple[str, bool]:
 
 def label(row: str) -> str:
     row, soft = _suffix(row, "+softmax")
+    row, bias = _suffix(row, "+bias")
     row, trans = _suffix(row, "+trans")
+    row, nbr = _suffix(row, "+nbr")
     base, copy = _suffix(row, "+copy")
     base, start = _suffix(base, "-start")
     return (LABELS.get(base, base) + (", positions from the start" if start else "")
             + (" + history output" if copy else "") + (" + transition output" if trans else "")
+            + (" + neighbour output" if nbr and not bias else "") + (" + neighbour logit bias" if bias else "")
             + (" + softmax CE" if soft else ""))
 
 

@@ -14,7 +14,9 @@ items); the losses then see each peer's mixture. ``contrast`` = λ > 0 adds a co
 with same-target positives on each peer's sequence representation (:mod:`models.contrast`, after
 DuoRec). ``transitions`` = W > 0 adds a third output component to every peer: the catalogue's
 item-to-item transitions (each item's W most frequent successors, counted by :meth:`HAIL.set_transitions`
-over all users and stored with the model) behind their own learned gate (:mod:`models.transitions`).
+over all users and stored with the model; ``trans_lags``/``trans_backward`` also count items a few
+steps after and before, ``trans_recent`` reads the rows of the user's last few items) behind their
+own learned gate (:mod:`models.transitions`), or with ``trans_mode="bias"`` added to the logits.
 ``softmax_ce`` > 0 adds that
 weight times a cross-entropy on each peer's own softmax, so that the softmax stays a whole model
 beside the mixture components. Prediction averages the peers' log-probabilities, or uses one chosen peer.
@@ -57,12 +59,27 @@ from models.losses import (
     ensemble_cross_entropy,
     mutual_exclusivity_distillation,
 )
-from models.names import HISTORY, POSITIONS
-from models.transitions import TransitionHead, transition_table
+from models.names import HISTORY, POSITIONS, TRANS_MODES
+from models.transitions import TransitionHead, check_weights, transition_table
 from models.vocab import PAD
 
 DISTILL = ("med", "dml", "none")
 PEER_SEED_STRIDE = 1000
+
+
+def _recent(seq: torch.Tensor, depth: int) -> torch.Tensor:
+    """``[B, L]`` → ``[B, L, depth]``: at each position its item and the ``depth - 1`` items before
+    it, latest first (padding where there are none).
+
+    >>> _recent(torch.tensor([[0, 5, 6, 7]]), 2)[0].tolist()
+    [[0, 0], [5, 0], [6, 5], [7, 6]]
+    """
+    cols = [seq]
+    for r in range(1, depth):
+        shifted = torch.zeros_like(seq)
+        shifted[:, r:] = seq[:, : max(seq.shape[1] - r, 0)]
+        cols.append(shifted)
+    return torch.stack(cols, 2)
 
 
 @dataclass
@@ -108,10 +125,16 @@ class HailConfig:
     contrast: float = 0.0
     contrast_tau: float = 1.0
     transitions: int = 0
+    trans_lags: tuple[float, ...] = (1.0,)
+    trans_backward: float = 0.0
+    trans_recent: tuple[float, ...] = (1.0,)
+    trans_mode: str = "mix"
     softmax_ce: float = 0.0
 
     def __post_init__(self) -> None:
         self.encoders = tuple(self.encoders)
+        self.trans_lags = tuple(float(v) for v in self.trans_lags)
+        self.trans_recent = tuple(float(v) for v in self.trans_recent)
         self.validate()
 
     def validate(self) -> None:
@@ -153,6 +176,9 @@ class HailConfig:
             raise ModelsError("softmax_ce must be >= 0 (0 = off) and needs next-item encoders")
         if self.transitions < 0:
             raise ModelsError(f"transitions must be >= 0 successors per item (0 = off), not {self.transitions}")
+        check_weights(self.trans_lags, self.trans_backward, self.trans_recent)
+        if self.trans_mode not in TRANS_MODES:
+            raise ModelsError(f"trans_mode must be one of {TRANS_MODES}, not {self.trans_mode!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HailConfig:
@@ -220,7 +246,8 @@ class HAIL(nn.Module):
         if not self.config.transitions:
             return
         base = (self.trans_next, self.trans_count, self.trans_total) if add else None
-        nxt, cnt, tot = transition_table(sequences, self.n_rows, self.config.transitions, base)
+        cfg = self.config
+        nxt, cnt, tot = transition_table(sequences, self.n_rows, cfg.transitions, base, cfg.trans_lags, cfg.trans_backward)
         self.trans_next = nxt.to(self.trans_next.device)
         self.trans_count, self.trans_total = cnt.to(self.trans_count), tot.to(self.trans_total)
 
@@ -390,7 +417,7 @@ class HAIL(nn.Module):
         or with ``history="copy"`` and/or ``transitions`` the mixture's log-probabilities (slots as
         in :meth:`CopyHead.forward`). ``targets`` ``[B, L]``: the training targets (each query's own
         transition is left out); ``current`` ``[B, L]``: each query's latest item (default ``items``;
-        cloze queries: the item before the mask)."""
+        cloze queries: the item before the mask, or padding when it is masked too)."""
         z = self._scores(k, h[where])
         if not self.copy_heads and not self.trans_heads:
             return z
@@ -402,27 +429,34 @@ class HAIL(nn.Module):
             succ = successors(items).unsqueeze(1).expand(-1, length, -1)
             copy = (a[where], b[where], gate[where], keys[where], succ[where])
         own = targets[where] if self.training and targets is not None else None
-        return self._mixture(k, z, h[where], copy, (items if current is None else current)[where], own)
+        recent = _recent(items if current is None else current, len(self.config.trans_recent))
+        return self._mixture(k, z, h[where], copy, recent[where], own)
 
     def _mixture(
         self, k: int, z: torch.Tensor, h: torch.Tensor, copy: tuple[torch.Tensor, ...] | None,
-        current: torch.Tensor, targets: torch.Tensor | None,
+        recent: torch.Tensor, targets: torch.Tensor | None,
     ) -> torch.Tensor:
         """Peer k's ``log p`` ``[N, V]``: the softmax of the logits ``z`` mixed with the copy head
         (``copy`` = the arguments of :meth:`CopyHead.mix` after ``z``, or None) and with
         ``config.transitions`` the transition component (:mod:`models.transitions`); ``h`` ``[N, H]``
-        the queries, ``current`` ``[N]`` each query's latest item, ``targets`` ``[N]`` (training:
-        leave each query's own transition out) or None."""
+        the queries, ``recent`` ``[N, R]`` each query's latest items (latest first; R =
+        ``len(config.trans_recent)``), ``targets`` ``[N]`` (training: leave each query's own pairs out)
+        or None."""
         if not self.trans_heads:
             assert copy is not None
             return CopyHead.mix(z, *copy)
         head = self.trans_heads[k]
         assert isinstance(head, TransitionHead)
+        cfg = self.config
+        table = (self.trans_next, self.trans_count, self.trans_total)
+        nxt, cnt, tot = TransitionHead.rows(table, recent, targets, cfg.trans_recent, cfg.trans_lags)
+        if cfg.trans_mode == "bias":
+            z = head.bias(z, head.gate(h).squeeze(-1), nxt, cnt)
+            return torch.log_softmax(z, dim=-1) if copy is None else CopyHead.mix(z, *copy)
         gates = [torch.zeros_like(z[:, 0]), head.gate(h).squeeze(-1)]
         if copy is not None:
             gates.append(copy[2])
         log_g = torch.log_softmax(torch.stack(gates, 1), dim=1)  # [N, 2 or 3]: gen, trans, copy
-        nxt, cnt, tot = TransitionHead.rows((self.trans_next, self.trans_count, self.trans_total), current, targets)
         lent, per_count = head.split(log_g[:, 1], tot)
         items, mass = nxt, cnt * per_count.unsqueeze(1)
         if copy is not None:
@@ -452,13 +486,18 @@ class HAIL(nn.Module):
         if not self.copy_heads and not self.trans_heads:
             return torch.log_softmax(z, dim=-1)
         if not self.copy_heads:
-            return self._mixture(k, z, h, None, seqs[:, -1], None)
+            return self._mixture(k, z, h, None, self._latest(seqs), None)
         length = seqs.shape[1]
         ages = torch.arange(length - 1, -1, -1, device=seqs.device).view(1, 1, -1)  # latest item: 0
         real = (seqs != PAD).unsqueeze(1)
         match = (seqs == seqs[:, -1:]).unsqueeze(1)
         a, b, gate = self._copy(k)(h.unsqueeze(1), self._peer(k).item_emb(seqs), ages, real, real & (ages >= 1), match)
-        return self._mixture(k, z, h, (a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs)), seqs[:, -1], None)
+        return self._mixture(k, z, h, (a[:, 0], b[:, 0], gate[:, 0], seqs, successors(seqs)), self._latest(seqs), None)
+
+    def _latest(self, seqs: torch.Tensor) -> torch.Tensor:
+        """``[B, R]``: the last R items of left-padded ``seqs``, latest first (R = ``len(config.trans_recent)``)."""
+        depth = len(self.config.trans_recent)
+        return _recent(seqs[:, -depth:], depth)[:, -1]
 
     @torch.no_grad()
     def recommend(self, seqs: torch.Tensor, k: int, peer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

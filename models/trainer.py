@@ -222,7 +222,7 @@ class _Positives:
 
 
 #: shifts of the transition gates' bias tried by :func:`calibrate_transitions`
-GATE_SHIFTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+GATE_SHIFTS = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def calibrate_transitions(

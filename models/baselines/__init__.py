@@ -16,6 +16,7 @@ search and one list shift per changed count). The answer equals ranking the full
 
 - :class:`Popularity` — global counts, or counts over the most recent ``window`` events.
 - :class:`Markov` — first-order item -> next-item transition counts of the same user.
+- :class:`CoOccurrence` — items near the user's latest items (a few steps, both ways) in anyone's sequence.
 - :class:`UserFrequency` — the user's own most frequent items, then most recent, then popular.
 - :class:`NearestDistance` — POIs nearest (haversine) to the last check-in (POI data only).
 - :class:`DecayedFrequency` — the user's visits weighted 0.5^(age / half-life) (DESIGN §4).
@@ -32,6 +33,7 @@ search and one list shift per changed count). The answer equals ranking the full
 from __future__ import annotations
 
 from models.baselines.base import Baseline, History, RankedItems, training_events
+from models.baselines.cooccurrence import CoOccurrence
 from models.baselines.decayed import DecayedFrequency, choose_half_life
 from models.baselines.markov import Markov
 from models.baselines.nearest import EARTH_RADIUS_KM, NearestDistance, haversine_km
@@ -40,7 +42,7 @@ from models.baselines.user_frequency import UserFrequency
 from models.splits import SequenceSplit
 
 __all__ = [
-    "EARTH_RADIUS_KM", "Baseline", "DecayedFrequency", "History", "Markov", "NearestDistance", "Popularity",
+    "EARTH_RADIUS_KM", "Baseline", "CoOccurrence", "DecayedFrequency", "History", "Markov", "NearestDistance", "Popularity",
     "RankedItems", "UserFrequency", "choose_half_life", "default_baselines", "haversine_km", "training_events",
 ]
 
@@ -52,6 +54,7 @@ def default_baselines(split: SequenceSplit, popularity_window: int | None = None
     if popularity_window is not None:
         out[f"popularity@{popularity_window}"] = Popularity(window=popularity_window)
     out["markov"] = Markov()
+    out["co-occurrence"] = CoOccurrence()
     out["user-frequency"] = UserFrequency()
     if split.item_coords is not None:
         out["nearest-distance"] = NearestDistance(split.item_coords)

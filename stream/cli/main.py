@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelsError
-from models.names import HISTORY, MED_FORMS, MODELS, OPTIMIZERS, POSITIONS, SCHEDULES
+from models.names import HISTORY, MED_FORMS, MODELS, OPTIMIZERS, POSITIONS, SCHEDULES, TRANS_MODES
 from stream.cli.flags import add_settings_flags, settings_from_args
 from stream.errors import StreamError
 from stream.settings import Settings, settings_fields
@@ -103,6 +103,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from models.transitions import NEIGHBOURS
     from stream.cli.offline import print_table, train_command
 
     model_overrides = {
@@ -115,6 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "med_alpha": args.med_alpha, "med_beta": args.med_beta, "med_gamma": args.med_gamma,
             "history": args.history, "heads": args.heads, "positions": args.positions,
             "contrast": args.contrast, "contrast_tau": args.contrast_tau, "transitions": args.transitions,
+            **(NEIGHBOURS if args.neighbours else {}), "trans_mode": args.trans_mode,
             "share_embedding": True if args.share_embedding else None,
             "output_bias": True if args.share_embedding else None,
         }.items()
@@ -297,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--positions", choices=POSITIONS,
                    help="where self-attention peers count positions from: start (default; the worker's "
                         "HAILSTREAM_STATE_CACHE then serves them incrementally, one step per event) or end")
+    t.add_argument("--neighbours", action="store_true",
+                   help="with --transitions: count items up to two steps after and (at half weight) before each "
+                        "item, and read the rows of the user's last three items (the co-occurrence baseline's "
+                        "settings; Beauty: a better output than successors alone)")
+    t.add_argument("--trans-mode", choices=TRANS_MODES,
+                   help="with --transitions: mix (a gated mixture component beside the softmax; default) or bias "
+                        "(the counts added to the logits as evidence, log(1 + count) times a learned scale)")
     t.add_argument("--share-embedding", action="store_true",
                    help="one item table and output bias shared by all peers (the authors' layout)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")

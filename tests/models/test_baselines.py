@@ -10,6 +10,7 @@ import torch
 
 from models.baselines import (
     Baseline,
+    CoOccurrence,
     Markov,
     NearestDistance,
     Popularity,
@@ -38,7 +39,7 @@ def toy_events(n: int = 300, n_users: int = 12, n_items: int = 20, seed: int = 0
 
 
 def all_baselines(coords: np.ndarray) -> list[Baseline]:
-    return [Popularity(), Popularity(window=25), Markov(), UserFrequency(), NearestDistance(coords)]
+    return [Popularity(), Popularity(window=25), Markov(), UserFrequency(), NearestDistance(coords), CoOccurrence()]
 
 
 def test_popularity_counts_all_time_and_window() -> None:
@@ -66,6 +67,28 @@ def test_markov_uses_same_user_transitions_and_falls_back_to_popularity() -> Non
     assert m.predict_one("a", None, k=1) == [1]  # a's last is 2: 2->1
     s = m.scores(np.array([0, 1]), [np.array([1]), np.array([], dtype=np.int64)])
     assert torch.isfinite(s[:, 1:]).all() and s.shape == (2, 6)  # full ranking
+
+
+def test_co_occurrence_counts_near_pairs_both_ways_and_reduces_to_markov() -> None:
+    c = CoOccurrence(lags=(1.0, 0.5), backward=0.25, recent=(1.0, 0.5)).fit_events(
+        [("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 1)])
+    # a: 1→2, 2→3 (1 each), 1→·→3 (0.5); reversed at a quarter; b: 7→1. Never 7→2 (different users).
+    assert c.neighbours(1) == {2: 1.0, 3: 0.5, 7: 0.25}
+    assert c.neighbours(3) == {2: 0.25, 1: 0.125}
+    # after [.., 3, 1]: row of 1 (2: 1, 3: 0.5, 7: 0.25) + half the row of 3 (2: 0.125, 1: 0.0625)
+    assert c.predict_one("q", [9, 3, 1], k=5) == [2, 3, 7, 1, 4]  # then unseen items by index
+    # a's latest items: 3, then 2 at half weight: 3 0.5; 2 0.25 and 1 0.25 (1 is more popular)
+    assert c.predict_one("a", None, k=3) == [3, 1, 2]
+    c.forget_item(2)
+    assert 2 not in c.neighbours(1) and c.neighbours(2) == {} and c.predict_one("a", None, k=1) == [1]  # row of 3
+    ev = toy_events(seed=5)
+    split = leave_last_out(ev)
+    markov, plain = Markov().fit(split, events=ev), CoOccurrence((1.0,), 0.0, (1.0,)).fit(split, events=ev)
+    for u in split.eval_users.tolist():
+        h = split.history(u, "test")
+        assert plain.predict_one(u, h, 12) == markov.predict_one(u, h, 12)
+    with pytest.raises(ModelsError, match=">= 0"):
+        CoOccurrence(backward=-1.0)
 
 
 def test_user_frequency_orders_by_count_then_recency_then_popularity() -> None:
@@ -148,7 +171,7 @@ def test_fit_orders() -> None:
     for u in range(len(split.user_ids)):
         assert [i for uu, i in pairs if uu == u] == split.train[u].tolist()
     # Order-free baselines give the same state either way; a window needs the time order.
-    for make in (Popularity, Markov, UserFrequency):
+    for make in (Popularity, Markov, UserFrequency, CoOccurrence):
         a = make().fit(split)
         b = make().fit(split, events=ev)
         assert a.predict_one(0, split.history(0, "test"), 20) == b.predict_one(0, split.history(0, "test"), 20)
@@ -164,7 +187,8 @@ def test_fit_orders() -> None:
 
 def test_default_baselines_by_data() -> None:
     split = leave_last_out(toy_events())
-    assert set(default_baselines(split)) == {"popularity", "markov", "user-frequency", "nearest-distance"}
+    assert set(default_baselines(split)) == {"popularity", "markov", "co-occurrence", "user-frequency",
+                                             "nearest-distance"}
     split.item_coords = None
     assert "nearest-distance" not in default_baselines(split, popularity_window=100)
     assert "popularity@100" in default_baselines(split, popularity_window=100)
@@ -229,7 +253,8 @@ def test_fast_predict_one_equals_full_row_on_real_nyc_events() -> None:
     assert events.lat is not None and events.lon is not None
     lat, lon = events.lat, events.lon
     coords[items] = np.stack([lat, lon], 1)
-    models = [Popularity(), Popularity(window=300), Markov(), UserFrequency(), NearestDistance(coords[:100])]
+    models = [Popularity(), Popularity(window=300), Markov(), UserFrequency(), NearestDistance(coords[:100]),
+              CoOccurrence()]
     seen: dict[str, list[int]] = {}
     checked = 0
     for n, (user, item) in enumerate(zip(events.users.tolist(), items, strict=True)):

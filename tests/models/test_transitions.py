@@ -3,6 +3,7 @@ formula, leave-one-out training, growth, checkpoints and the incremental path.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,26 @@ def test_table_adds_to_a_smaller_base_and_refuses_unknown_items():
 
 def test_rows_leave_each_querys_own_transition_out():
     table = transition_table(SEQS, 6, 2)
-    nxt, cnt, tot = TransitionHead.rows(table, torch.tensor([1, 1, 2]), torch.tensor([2, 4, 1]))
+    nxt, cnt, tot = TransitionHead.rows(table, torch.tensor([[1], [1], [2]]), torch.tensor([2, 4, 1]))
     assert cnt.tolist() == [[1.0, 1.0], [2.0, 1.0], [1.0, 0.0]]  # 4 is not kept: only the total drops
     assert tot.tolist() == [3.0, 3.0, 1.0]
+
+
+NEIGHBOURS = {"trans_lags": (1.0, 0.5), "trans_backward": 0.5, "trans_recent": (1.0, 0.6, 0.2)}
+
+
+def test_neighbour_rows_weigh_lags_reversed_pairs_and_recent_items():
+    table = transition_table([np.array([1, 2, 3, 4, 5])], 6, 4, lags=(1.0, 0.5), backward=0.5)
+    assert float(table[2][3]) == 1.0 + 0.5 + 0.5 + 0.25  # 3→4, 3→·→5, reversed 2→3 and 1→·→3
+    # the query at 3 predicting 4, its latest items 3, 2, 1: 4 was counted once in 3's row (lag 1)
+    # and half in 2's (lag 2), never in 1's (no lag 3); left out, no 4 is left
+    nxt, cnt, tot = TransitionHead.rows(table, torch.tensor([[3, 2, 1]]), torch.tensor([4]),
+                                        (1.0, 0.6, 0.2), (1.0, 0.5))
+    assert float(cnt[nxt == 4].sum()) == 0.0 and float(cnt[nxt == 5].sum()) == pytest.approx(0.5)
+    assert float(tot[0]) == pytest.approx((2.25 - 1) + 0.6 * (2.0 - 0.5) + 0.2 * 1.5)
+    with pytest.raises(ModelsError, match="weights"):
+        HailConfig(transitions=3, trans_lags=(1.0, -0.5))
+    assert HailConfig.from_dict(json.loads(HailConfig(**NEIGHBOURS).to_json())) == HailConfig(**NEIGHBOURS)
 
 
 def dense(m: HAIL, k: int, seqs: torch.Tensor) -> torch.Tensor:
@@ -62,17 +80,21 @@ def dense(m: HAIL, k: int, seqs: torch.Tensor) -> torch.Tensor:
     soft = torch.softmax(m._scores(k, h), -1)
     head = m.trans_heads[k]
     g_t = torch.sigmoid(head.gate(h)).squeeze(-1)  # softmax over (0, t) = sigmoid(t)
-    cur = seqs[:, -1]
-    counts = torch.zeros_like(soft).scatter_add(1, m.trans_next[cur], m.trans_count[cur])
-    kappa, tot = head.log_kappa.exp(), m.trans_total[cur].unsqueeze(1)
+    counts, tot = torch.zeros_like(soft), torch.zeros_like(soft[:, :1])
+    for r, w in enumerate(m.config.trans_recent):
+        cur = seqs[:, -1 - r]
+        counts += w * torch.zeros_like(soft).scatter_add(1, m.trans_next[cur], m.trans_count[cur])
+        tot += w * m.trans_total[cur].unsqueeze(1)
+    kappa = head.log_kappa.exp()
     p = (1 - g_t).unsqueeze(1) * soft + g_t.unsqueeze(1) * (counts / (tot + kappa) + kappa / (tot + kappa) * soft)
     out = p.log()
     out[:, 0] = float("-inf")
     return out
 
 
-def test_log_probs_follow_the_dense_formula_and_sum_to_one():
-    m = model(peers=1).double().eval()
+@pytest.mark.parametrize("kw", [{}, NEIGHBOURS])
+def test_log_probs_follow_the_dense_formula_and_sum_to_one(kw):
+    m = model(peers=1, width=6, **kw).double().eval()  # every neighbour kept: the mixture sums to 1
     m.set_transitions(SEQS)
     seqs = torch.tensor([[0, 0, 2, 1], [0, 5, 5, 2], [0, 0, 0, 6]])  # 6: no successor counted
     lp = m.log_probs(seqs)
@@ -83,6 +105,22 @@ def test_log_probs_follow_the_dense_formula_and_sum_to_one():
     for peer in (0, 1):  # each peer's mixture is a distribution (their mean in log space is not)
         total = with_copy.log_probs(seqs, peer=peer).exp().sum(1)
         torch.testing.assert_close(total, torch.ones(3, dtype=torch.float64))
+
+
+def test_bias_mode_adds_the_counts_to_the_logits():
+    m = model(peers=1, width=6, trans_mode="bias", **NEIGHBOURS).double().eval()
+    m.set_transitions(SEQS)
+    seqs = torch.tensor([[0, 0, 2, 1], [0, 5, 5, 2], [0, 0, 0, 6]])
+    h = m._peer(0).encode(seqs)
+    counts = torch.zeros(3, 7, dtype=torch.float64)
+    for r, w in enumerate(m.config.trans_recent):
+        cur = seqs[:, -1 - r]
+        counts += w * torch.zeros_like(counts).scatter_add(1, m.trans_next[cur], m.trans_count[cur].double())
+    counts[:, 0] = 0.0
+    scale = torch.nn.functional.softplus(m.trans_heads[0].gate(h))
+    torch.testing.assert_close(m.log_probs(seqs), torch.log_softmax(m._scores(0, h) + scale * counts.log1p(), -1))
+    with pytest.raises(ModelsError, match="trans_mode"):
+        HailConfig(trans_mode="sum")
 
 
 def test_training_leaves_its_own_transitions_out():
@@ -100,6 +138,10 @@ def test_training_leaves_its_own_transitions_out():
     torch.testing.assert_close(loss, ref)
     m.eval()  # without leaving out, the table holds the answers: a lower loss
     assert float(m.training_loss(seqs, targets)[0].detach()) < float(ref.detach()) - 0.1
+    biased = model(rows=9, trans_mode="bias")
+    biased.set_transitions([np.array([1, 2, 3, 4, 5]), np.array([5, 6, 7, 8])])
+    biased.train()
+    torch.testing.assert_close(biased.training_loss(seqs, targets)[0], ref)
 
 
 def test_grow_keeps_the_table_and_a_checkpoint_round_trips(tmp_path: Path):
@@ -115,9 +157,10 @@ def test_grow_keeps_the_table_and_a_checkpoint_round_trips(tmp_path: Path):
     assert torch.equal(m.eval().log_probs(seqs), loaded.log_probs(seqs))
 
 
-@pytest.mark.parametrize("history", ["none", "copy"])
-def test_the_incremental_path_gives_the_full_re_encodes_log_probs(history):
-    m = model(history, rows=40, positions="start")
+@pytest.mark.parametrize(("history", "kw"), [("none", {}), ("copy", {}), ("copy", NEIGHBOURS),
+                                             ("copy", {**NEIGHBOURS, "trans_mode": "bias"})])
+def test_the_incremental_path_gives_the_full_re_encodes_log_probs(history, kw):
+    m = model(history, rows=40, positions="start", **kw)
     rng = np.random.default_rng(1)
     m.set_transitions([rng.integers(1, 40, size=30) for _ in range(20)])
     m.eval()

@@ -55,7 +55,7 @@ def test_train_takes_the_model_options_of_the_benchmarks(small_csv, tmp_path):
                "--heads", "2", "--layers", "1", "--max-len", "10", "--history", "copy", "--share-embedding",
                "--med-form", "coded", "--med-alpha", "-1", "--med-beta", "0.1", "--med-gamma", "2",
                "--optimizer", "adamw", "--schedule", "linear", "--warmup-steps", "5", "--clip-norm", "1",
-               "--weight-decay", "0.01", "--transitions", "16", "--quiet", "--out", str(out)])
+               "--weight-decay", "0.01", "--transitions", "16", "--neighbours", "--trans-mode", "bias", "--quiet", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     cfg, tc = metrics["config"], metrics["train"]
@@ -64,6 +64,8 @@ def test_train_takes_the_model_options_of_the_benchmarks(small_csv, tmp_path):
     assert (tc["optimizer"], tc["schedule"], tc["warmup_steps"], tc["clip_norm"]) == ("adamw", "linear", 5, 1.0)
     ckpt = load_checkpoint(out / "model.safetensors")
     assert ckpt.config.history == "copy" and ckpt.config.transitions == 16
+    assert ckpt.config.trans_recent == (1.0, 0.6, 0.2) and ckpt.config.trans_backward == 0.5
+    assert ckpt.config.trans_mode == "bias"
     assert float(ckpt.model.trans_total.sum()) > 0  # the table travels with the model
 
 
