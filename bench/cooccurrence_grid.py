@@ -23,11 +23,12 @@ from typing import Any
 from _common import RESULTS, command  # isort: skip - bench/ is on the path
 
 from models.baselines import CoOccurrence
+from models.baselines.cooccurrence import BACKWARD, LAGS, RECENT
 from models.data import load_dataset
 from models.evaluate import evaluate
 from models.splits import leave_last_out
 
-DEFAULT: dict[str, Any] = {"lags": (1.0, 0.5), "backward": 0.5, "recent": (1.0, 0.6, 0.2)}
+DEFAULT: dict[str, Any] = {"lags": LAGS, "backward": BACKWARD, "recent": RECENT}
 VARIANTS: list[dict[str, Any]] = [
     {"lags": (1.0,), "backward": 0.0, "recent": (1.0,)},  # = Markov
     DEFAULT,

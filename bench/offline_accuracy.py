@@ -84,8 +84,8 @@ for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
     _model, _peers, _spec = ROWS[_name + "+copy"]
     ROWS[_name + "+copy+trans"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS})
 # "+nbr": the same output over a neighbour table (models/transitions.py): pairs up to two steps
-# apart, reversed pairs at half weight, the rows of the user's last three items; the settings of
-# the co-occurrence counter's best validation NDCG@10 on Beauty (bench/RESULTS.md, 2026-12-07 night).
+# apart, reversed pairs at half weight, the rows of the user's last three items: the co-occurrence
+# counter's defaults (bench/RESULTS.md, 2026-12-07 night).
 for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
     _model, _peers, _spec = ROWS[_name + "+copy"]
     ROWS[_name + "+copy+nbr"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS, **NEIGHBOURS})

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from models.baselines import CoOccurrence, DecayedFrequency
+from models.baselines.cooccurrence import BACKWARD, LAGS, RECENT
 from models.data import load_dataset
 from models.evaluate import target_ranks
 from models.splits import leave_last_out
@@ -32,9 +33,9 @@ def main() -> None:
     p.add_argument("--dataset", default="foursquare-nyc")
     p.add_argument("--counter", choices=("decayed", "co-occurrence"), default="decayed")
     p.add_argument("--half-life", type=float, help="decayed: the half-life chosen on validation")
-    p.add_argument("--lags", nargs="+", type=float, default=[1.0, 0.5], help="co-occurrence settings")
-    p.add_argument("--backward", type=float, default=0.5)
-    p.add_argument("--recent", nargs="+", type=float, default=[1.0, 0.6, 0.2])
+    p.add_argument("--lags", nargs="+", type=float, default=list(LAGS), help="co-occurrence settings")
+    p.add_argument("--backward", type=float, default=BACKWARD)
+    p.add_argument("--recent", nargs="+", type=float, default=list(RECENT))
     args = p.parse_args()
     events = load_dataset(args.dataset)
     split = leave_last_out(events)

@@ -55,13 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.baselines.cooccurrence import BACKWARD, LAGS, RECENT
 from models.errors import ModelsError
 from models.vocab import PAD
 
-#: the neighbour settings (:class:`models.hail.HailConfig` fields) of the co-occurrence counter
-#: (:class:`models.baselines.CoOccurrence`): its best validation NDCG@10 on Amazon Beauty
-NEIGHBOURS: dict[str, tuple[float, ...] | float] = {
-    "trans_lags": (1.0, 0.5), "trans_backward": 0.5, "trans_recent": (1.0, 0.6, 0.2)}
+#: the neighbour settings (:class:`models.hail.HailConfig` fields): the co-occurrence counter's defaults
+NEIGHBOURS: dict[str, tuple[float, ...] | float] = {"trans_lags": LAGS, "trans_backward": BACKWARD, "trans_recent": RECENT}
 
 
 def transition_table(
@@ -166,10 +165,9 @@ class TransitionHead(nn.Module):
         """
         depth = recent.shape[1]
         w = torch.tensor(list(weights)[:depth], dtype=table[1].dtype, device=recent.device)
-        own = torch.tensor([(list(lags)[r] if r < len(lags) else 0.0) for r in range(depth)],
-                           dtype=table[1].dtype, device=recent.device)
         nxt, cnt, tot = table[0][recent], table[1][recent], table[2][recent]  # [N, R, W], [N, R]
         if targets is not None:
+            own = torch.tensor([*lags, *[0.0] * depth][:depth], dtype=cnt.dtype, device=recent.device)
             real = ((targets != PAD).unsqueeze(1) & (recent != PAD)).to(cnt.dtype) * own  # [N, R]
             hit = (nxt == targets.view(-1, 1, 1)).to(cnt.dtype) * real.unsqueeze(2)
             cnt = (cnt - hit).clamp_min(0.0)

@@ -176,20 +176,25 @@ class Baseline:
         self._counts[item] += 1.0
         self._max_count = max(self._max_count, self._counts[item])
         self._popular.touch(item)
-        gen = self._generation.get(item)
-        # One int either way (no tuple per user): the generation rides above bit 32.
-        self._last[user] = item if gen is None else item | (gen << 32)
+        self._last[user] = self._tag(item)
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         """Subclass hook, called before the shared counts and the user's last item are updated."""
 
+    def _tag(self, item: int) -> int:
+        """``item`` with its current generation: one int (no tuple per user), the generation above bit 32."""
+        gen = self._generation.get(item)
+        return item if gen is None else item | (gen << 32)
+
+    def _untag(self, tagged: int) -> int | None:
+        """The item of a :meth:`_tag` value, or None when its index was forgotten since."""
+        item = tagged & 0xFFFFFFFF
+        return item if tagged >> 32 == self._generation.get(item, 0) else None
+
     def _previous(self, user: Hashable) -> int | None:
         """The user's last learned item, or None (no event, or its index was forgotten since)."""
         tagged = self._last.get(user)
-        if tagged is None:
-            return None
-        item = tagged & 0xFFFFFFFF
-        return item if tagged >> 32 == self._generation.get(item, 0) else None
+        return None if tagged is None else self._untag(tagged)
 
     def forget(self, user: Hashable) -> None:
         """Drop everything kept about ``user`` (a bounded online state evicts its least recent

@@ -8,8 +8,8 @@ says much about the next one. This counter keeps, for each item, weighted counts
 prediction adds the rows of the user's last ``len(recent)`` items, weighted by ``recent``
 (latest first); popularity breaks ties (2 was bought twice). ``CoOccurrence(lags=(1,),
 backward=0, recent=(1,))`` ranks as :class:`Markov`.
-On Beauty the defaults (the best validation NDCG@10 of a small grid) reach test NDCG@10 0.043
-against Markov's 0.030 (bench/RESULTS.md). The model's neighbour output
+On Beauty the defaults reach test NDCG@10 0.0428 against Markov's 0.0303, and 0.0434 with the
+settings chosen on validation by bench/cooccurrence_grid.py (bench/RESULTS.md). The model's neighbour output
 (:mod:`models.transitions`) reads the same kind of table.
 
 >>> c = CoOccurrence(lags=(1.0, 0.5), backward=0.5, recent=(1.0, 0.5))
@@ -32,6 +32,9 @@ from models.errors import ModelsError
 
 #: the popularity tie-break, scaled below the smallest weight a neighbour can add
 _TIE = 1e-6
+#: the default settings (also the model's neighbour output, :data:`models.transitions.NEIGHBOURS`):
+#: the best Beauty validation NDCG@10 of a first, coarse grid; bench/cooccurrence_grid.py varies them
+LAGS, BACKWARD, RECENT = (1.0, 0.5), 0.5, (1.0, 0.6, 0.2)
 
 
 class CoOccurrence(Baseline):
@@ -39,8 +42,7 @@ class CoOccurrence(Baseline):
 
     name = "co-occurrence"
 
-    def __init__(self, lags: Sequence[float] = (1.0, 0.5), backward: float = 0.5,
-                 recent: Sequence[float] = (1.0, 0.6, 0.2)) -> None:
+    def __init__(self, lags: Sequence[float] = LAGS, backward: float = BACKWARD, recent: Sequence[float] = RECENT) -> None:
         self.lags, self.backward, self.recent = tuple(map(float, lags)), float(backward), tuple(map(float, recent))
         if not self.lags or not self.recent or min(*self.lags, *self.recent, self.backward) < 0:
             raise ModelsError(f"lags and recent must be non-empty and every weight >= 0: {self!r}")
@@ -64,8 +66,7 @@ class CoOccurrence(Baseline):
             self._seen_in.setdefault(b, set()).add(a)
 
     def _live(self, tagged: list[int]) -> list[int]:
-        gens = self._generation
-        return [t & 0xFFFFFFFF for t in tagged if t >> 32 == gens.get(t & 0xFFFFFFFF, 0)]
+        return [item for item in map(self._untag, tagged) if item is not None]
 
     def _learn(self, user: Hashable, item: int, lat: float | None, lon: float | None) -> None:
         tail = self._tail.setdefault(user, [])
@@ -74,8 +75,7 @@ class CoOccurrence(Baseline):
             if len(before) >= d:
                 self._add(before[-d], item, v)
                 self._add(item, before[-d], v * self.backward)
-        gen = self._generation.get(item)
-        tail.append(item if gen is None else item | (gen << 32))
+        tail.append(self._tag(item))
         del tail[: -self._depth]
 
     def forget(self, user: Hashable) -> None:
