@@ -202,9 +202,7 @@ class OnlineRecommender:
             for group in groups:
                 rows_in = [encoded[n] for n in group]
                 if scorer is not None:
-                    lp = scorer.log_probs(rows_in)
-                    top = torch.topk(lp, min(k, live.model.n_rows - 1), dim=-1)
-                    scores, indices = top.values, top.indices
+                    scores, indices = scorer.top_k(rows_in, min(k, live.model.n_rows - 1))
                     self._answers(out, group, scores, indices, ids, rows)
                     continue
                 # Pad to the longest history of the group, not to max_len: the encoders' output

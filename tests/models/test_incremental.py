@@ -109,6 +109,30 @@ def test_logits_match_log_probs_with_a_cached_prefix_a_batch_chain_and_a_chosen_
         assert inc.hits == 2 and inc.misses == 2
 
 
+@pytest.mark.parametrize("peers", [1, 2, 3])
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_top_k_is_the_top_of_log_probs_in_any_block_size(peers, block):
+    """The worker's path (blocks of rows, the peer mean taken of the winners only) gives the top-k
+    of the full mean log-probabilities: the same floats in one block, the same items and scores
+    up to the product's rounding in smaller ones (a GEMM over fewer rows may round differently)."""
+    from models.incremental import mean_log_softmax_topk
+
+    model = gru_model(40, max_len=6, output_bias=True, peers=peers, distill="med" if peers > 1 else "none")
+    with torch.no_grad():
+        model.item_bias.normal_()
+    rng = np.random.default_rng(1)
+    batch = [rng.integers(1, 40, size=n) for n in (1, 3, 6, 2, 5, 4, 6)]
+    ref = torch.topk(IncrementalScorer(model, capacity=0).log_probs(batch), 7, dim=-1)
+    inc = IncrementalScorer(model, capacity=50)
+    values, indices = inc.top_k(batch, 7)
+    assert torch.equal(indices, ref.indices) and torch.equal(values, ref.values)
+    assert (indices > 0).all()  # never the padding column
+    hidden = inc._hidden(batch)
+    blocked = mean_log_softmax_topk(hidden, *inc._weights, 7, block=block)
+    assert torch.equal(blocked[1], ref.indices)
+    torch.testing.assert_close(blocked[0], ref.values, atol=1e-5, rtol=1e-6)
+
+
 def test_cache_is_bounded_and_measured():
     model = gru_model(30, max_len=5)
     inc = IncrementalScorer(model, capacity=3)
