@@ -37,6 +37,7 @@ from models.baselines import DecayedFrequency, choose_half_life
 from models.data import load_dataset
 from models.evaluate import ModelScorer, evaluate, sampled_ranks, target_ranks
 from models.metrics import summarize
+from models.names import OPTIMIZERS, SCHEDULES
 from models.presets import preset
 from models.repeat import RepeatMixture, choose_alpha
 from models.splits import SequenceSplit, leave_last_out
@@ -86,11 +87,14 @@ for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
 # "+nbr": the same output over a neighbour table (models/transitions.py): pairs up to two steps
 # apart, reversed pairs at half weight, the rows of the user's last three items: the co-occurrence
 # counter's defaults (bench/RESULTS.md, 2026-12-07 night).
-for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-k3"):
+for _name in ("sasrec", "ensemble", "dml", "hail-shared", "hail-separate", "hail-k3"):
     _model, _peers, _spec = ROWS[_name + "+copy"]
     ROWS[_name + "+copy+nbr"] = (_model, _peers, {**_spec, "transitions": TRANSITIONS, **NEIGHBOURS})
     # "+bias": the table enters as evidence added to the logits (trans_mode="bias"), not as a mixture
     ROWS[_name + "+copy+nbr+bias"] = (_model, _peers, {**ROWS[_name + "+copy+nbr"][2], "trans_mode": "bias"})
+    # "+drop5": the same with dropout 0.5 (default 0.2): with the counter in the logits these rows
+    # over-fit within 2-4 epochs
+    ROWS[_name + "+copy+nbr+bias+drop5"] = (_model, _peers, {**ROWS[_name + "+copy+nbr+bias"][2], "dropout": 0.5})
 ROWS["sasrec+trans"] = ("sasrec", 1, {"transitions": TRANSITIONS})
 ROWS["sasrec+copy+trans+softmax"] = ("sasrec", 1, {"history": "copy", "transitions": TRANSITIONS, "softmax_ce": 1.0})
 # Every row above counts SASRec positions from the window's end (the default until 2026-12-03, when
@@ -125,6 +129,7 @@ def _suffix(row: str, suffix: str) -> tuple[str, bool]:
 
 def label(row: str) -> str:
     row, soft = _suffix(row, "+softmax")
+    row, drop5 = _suffix(row, "+drop5")
     row, bias = _suffix(row, "+bias")
     row, trans = _suffix(row, "+trans")
     row, nbr = _suffix(row, "+nbr")
@@ -133,7 +138,7 @@ def label(row: str) -> str:
     return (LABELS.get(base, base) + (", positions from the start" if start else "")
             + (" + history output" if copy else "") + (" + transition output" if trans else "")
             + (" + neighbour output" if nbr and not bias else "") + (" + neighbour logit bias" if bias else "")
-            + (" + softmax CE" if soft else ""))
+            + (" + softmax CE" if soft else "") + (", dropout 0.5" if drop5 else ""))
 
 
 def per_user_ndcg(ranks: np.ndarray, k: int = 10) -> list[float]:
@@ -292,6 +297,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                   help="learning rate: constant, or warm-up then linear decay to 0 over the budget")
+    p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument("--repeat-mix", action="store_true", help="also the models/repeat.py late fusion")
     p.add_argument("--baselines-only", action="store_true")
@@ -322,7 +332,8 @@ def main() -> None:
         "datasets": {},
     }
     tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False,
-                     batch_size=args.batch_size, lr=args.lr)
+                     batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                     optimizer=args.optimizer, schedule=args.schedule, warmup_steps=args.warmup_steps)
     overrides = {"max_len": args.max_len} if args.max_len else {}
     for ds in args.datasets:
         events = load_dataset(ds)
