@@ -61,6 +61,10 @@ from models.hail import HAIL
 from models.padding import left_pad
 from models.vocab import PAD
 
+ONE_GROUP_CHAINS = 64
+"""Up to this many chains in a batch are stepped as one group, padded to the longest
+(:meth:`IncrementalScorer._hidden`); more are grouped by length."""
+
 BLOCK_FLOATS = 1 << 18
 """Logits per block of :func:`mean_log_softmax_topk` (1 MiB of float32): small enough to stay in
 one core's cache between the product, the log-softmax, the peer sum and the top-k."""
@@ -267,10 +271,11 @@ class IncrementalScorer:
         roots = [root[t] for t in tips]
         chunks = [seqs[rows_of[t][0]][len(r) // 8 :] for t, r in zip(tips, roots, strict=True)]
         base_state = {r: self._cache[r] for r in set(roots)}  # before remembering evicts any
-        # Chains of similar length go together (a chunk is padded to its group's longest).
+        # Chains of similar length go together (a chunk is padded to its group's longest); a few
+        # chains go as one group: then a step per group costs more than the padding saves.
         groups: dict[int, list[int]] = {}
         for b, c in enumerate(chunks):
-            groups.setdefault((len(c) - 1).bit_length(), []).append(b)
+            groups.setdefault(0 if len(chunks) <= ONE_GROUP_CHAINS else (len(c) - 1).bit_length(), []).append(b)
         answered: set[int] = set()
         for members in groups.values():
             out, tip_states = self._advance([base_state[roots[b]] for b in members], [chunks[b] for b in members])

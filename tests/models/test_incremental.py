@@ -70,6 +70,26 @@ def test_replay_of_nyc_events_gives_the_full_re_encodes_answers(encoder, layers,
 
 
 @needs_nyc
+@pytest.mark.parametrize("one_group", [0, 10_000])
+def test_chains_stepped_by_length_or_as_one_group_give_the_full_re_encodes_answers(monkeypatch, one_group):
+    """A batch's chains go as one padded group up to ONE_GROUP_CHAINS, by length above: both exact."""
+    import models.incremental
+
+    monkeypatch.setattr(models.incremental, "ONE_GROUP_CHAINS", one_group)
+    ev = load_foursquare_nyc()
+    users, items = list(ev.users[:2500]), list(ev.items[:2500])
+    vocab = ItemVocab(sorted(set(items)))
+    model = gru_model(vocab.rows, layers=2, encoder="sasrec").to(torch.float64)
+    full = replay(OnlineRecommender(model, vocab, "v"), users, items, 20, batch=128)
+    rec = OnlineRecommender(model, vocab, "v", state_cache=100_000)
+    inc = replay(rec, users, items, 20, batch=128)
+    assert rec.incremental().hits > 1250
+    for (fi, fs), (ii, is_) in zip(full, inc, strict=True):
+        assert ii == fi
+        assert is_ == pytest.approx(fs, rel=1e-10)
+
+
+@needs_nyc
 def test_a_strided_window_keeps_stepping_users_whose_history_is_longer_than_max_len():
     """A mature stream: with the last-max_len window most events slide and miss; with the worker's
     strided window (HAILSTREAM_WINDOW_STRIDE) one in ``stride`` does, and the answers are still
