@@ -16,11 +16,10 @@ Writes ``bench/results/cooccurrence_grid.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
-from _common import RESULTS, command  # isort: skip - bench/ is on the path
+from _common import RESULTS, command, write_results  # isort: skip - bench/ is on the path
 
 from models.baselines import CoOccurrence
 from models.baselines.cooccurrence import BACKWARD, LAGS, RECENT
@@ -43,6 +42,20 @@ def setting(v: dict[str, Any]) -> str:
     return f"lags {v['lags']}, backward {v['backward']:g}, recent {v['recent']}"
 
 
+def markdown(out: dict[str, Any]) -> str:
+    lines = ["# Co-occurrence counter: settings on validation (bench/cooccurrence_grid.py)", "",
+             f"`{out['command']}`, {out['date']}", ""]
+    for ds, res in out["datasets"].items():
+        lines += [f"## {ds}", "", "| setting | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['setting']}{' **(chosen)**' if r['setting'] == res['chosen_on_valid'] else ''}"
+                  f"{' (= Markov)' if n == 0 else ''} | {r['valid_ndcg@10']:.4f} | {r['valid_hr@10']:.4f} | "
+                  f"{r['test_ndcg@10']:.4f} | {r['test_hr@10']:.4f} |"
+                  for n, r in enumerate(res["rows"])]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["amazon-beauty"])
@@ -50,12 +63,10 @@ def main() -> None:
     args = p.parse_args()
     out: dict[str, Any] = {"command": command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "datasets": {}}
-    lines = ["# Co-occurrence counter: settings on validation (bench/cooccurrence_grid.py)", "",
-             f"`{out['command']}`, {out['date']}", ""]
     for ds in args.datasets:
         events = load_dataset(ds)
         split = leave_last_out(events)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for v in VARIANTS:
             t0 = time.perf_counter()
             c = CoOccurrence(**v).fit(split, events=events)
@@ -66,17 +77,7 @@ def main() -> None:
             print(ds, rows[-1], flush=True)
         best = max(rows, key=lambda r: r["valid_ndcg@10"])
         out["datasets"][ds] = {"rows": rows, "chosen_on_valid": best["setting"]}
-        lines += [f"## {ds}", "", "| setting | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['setting']}{' **(chosen)**' if r is best else ''}{' (= Markov)' if n == 0 else ''} | "
-                  f"{r['valid_ndcg@10']:.4f} | {r['valid_hr@10']:.4f} | {r['test_ndcg@10']:.4f} | {r['test_hr@10']:.4f} |"
-                  for n, r in enumerate(rows)]
-        lines.append("")
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    with open(args.out.removesuffix(".json") + ".md", "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, out, markdown)
 
 
 if __name__ == "__main__":
