@@ -74,17 +74,24 @@ def test_neighbour_rows_weigh_lags_reversed_pairs_and_recent_items():
     assert HailConfig.from_dict(json.loads(HailConfig(**NEIGHBOURS).to_json())) == HailConfig(**NEIGHBOURS)
 
 
+def recent_counts(m: HAIL, seqs: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c(i)`` ``[B, V]`` and ``T`` ``[B, 1]`` of the module docstring, dense: the table's rows of
+    each sequence's latest items, weighted by ``config.trans_recent``."""
+    counts, tot = torch.zeros_like(like), torch.zeros_like(like[:, :1])
+    for r, w in enumerate(m.config.trans_recent):
+        cur = seqs[:, -1 - r]
+        counts += w * torch.zeros_like(like).scatter_add(1, m.trans_next[cur], m.trans_count[cur].to(like))
+        tot += w * m.trans_total[cur].unsqueeze(1).to(like)
+    return counts, tot
+
+
 def dense(m: HAIL, k: int, seqs: torch.Tensor) -> torch.Tensor:
     """The module docstring's formula over all items, for a model without the copy head."""
     h = m._peer(k).encode(seqs)
     soft = torch.softmax(m._scores(k, h), -1)
     head = m.trans_heads[k]
     g_t = torch.sigmoid(head.gate(h)).squeeze(-1)  # softmax over (0, t) = sigmoid(t)
-    counts, tot = torch.zeros_like(soft), torch.zeros_like(soft[:, :1])
-    for r, w in enumerate(m.config.trans_recent):
-        cur = seqs[:, -1 - r]
-        counts += w * torch.zeros_like(soft).scatter_add(1, m.trans_next[cur], m.trans_count[cur])
-        tot += w * m.trans_total[cur].unsqueeze(1)
+    counts, tot = recent_counts(m, seqs, soft)
     kappa = head.log_kappa.exp()
     p = (1 - g_t).unsqueeze(1) * soft + g_t.unsqueeze(1) * (counts / (tot + kappa) + kappa / (tot + kappa) * soft)
     out = p.log()
@@ -112,10 +119,7 @@ def test_bias_mode_adds_the_counts_to_the_logits():
     m.set_transitions(SEQS)
     seqs = torch.tensor([[0, 0, 2, 1], [0, 5, 5, 2], [0, 0, 0, 6]])
     h = m._peer(0).encode(seqs)
-    counts = torch.zeros(3, 7, dtype=torch.float64)
-    for r, w in enumerate(m.config.trans_recent):
-        cur = seqs[:, -1 - r]
-        counts += w * torch.zeros_like(counts).scatter_add(1, m.trans_next[cur], m.trans_count[cur].double())
+    counts = recent_counts(m, seqs, torch.zeros(3, 7, dtype=torch.float64))[0]
     counts[:, 0] = 0.0
     scale = torch.nn.functional.softplus(m.trans_heads[0].gate(h))
     torch.testing.assert_close(m.log_probs(seqs), torch.log_softmax(m._scores(0, h) + scale * counts.log1p(), -1))
