@@ -46,10 +46,6 @@ class WorkerSettings(BaseModel):
         "keeps up, the next one fills while it is handled); off: Faust's take, waiting batch_timeout for each "
         "batch to fill"
     )
-    overlap_delivery: bool = Field(
-        True, description="deliver a micro-batch's outputs and states while the next one is handled (its events "
-        "are acked once delivered, as before); off: handle, deliver, then take the next. Greedy batches only"
-    )
     baselines: bool = Field(True, description="score the baselines prequentially beside the model")
     baseline_sample_every: int = Field(1, description="baselines predict for 1 in N users")
     threads: int = Field(1, description="torch intra-op threads")

@@ -169,35 +169,15 @@ def make_app(settings: Settings, runtime: WorkerRuntime | None = None, *, datadi
         # Events (not values): each keeps its message's topic/partition/offset. take_events is
         # defined on the concrete Stream only, hence the cast.
         size, timeout = settings.worker.batch_size, settings.worker.batch_timeout
-        overlapped = settings.worker.overlap_delivery and settings.worker.batch_greedy
-        batches = (take_batches(stream, size, within=max(timeout, 0.01), ack=not overlapped)
-                   if settings.worker.batch_greedy
+        batches = (take_batches(stream, size, within=max(timeout, 0.01)) if settings.worker.batch_greedy
                    else cast("faust.Stream[Any]", stream).take_events(size, within=timeout))
-        delivering: Any = None
-
-        async def deliver_then_ack(outcome: BatchOutcome, events: Any) -> None:
+        async for events in batches:
+            batch = [Source.of(e.message) for e in events]
+            if runtime.executor is None:
+                outcome = handle_batch(runtime, settings, batch, sink.get_state)
+            else:
+                outcome = await loop.run_in_executor(runtime.executor, handle_batch, runtime, settings, batch, sink.get_state)
             await deliver_or_exit(outcome, sink, settings, runtime)
-            for event in events:
-                await stream.ack(event)
-
-        try:
-            async for events in batches:
-                batch = [Source.of(e.message) for e in events]
-                if runtime.executor is None:
-                    outcome = handle_batch(runtime, settings, batch, sink.get_state)
-                else:
-                    outcome = await loop.run_in_executor(runtime.executor, handle_batch, runtime, settings, batch,
-                                                         sink.get_state)
-                if not overlapped:
-                    await deliver_or_exit(outcome, sink, settings, runtime)
-                    continue
-                if delivering is not None:
-                    await delivering
-                sink.stage(outcome.updates)
-                delivering = asyncio.ensure_future(deliver_then_ack(outcome, events))
-        finally:
-            if delivering is not None and not delivering.done():
-                await asyncio.shield(delivering)
 
     if runtime.monitor is not None:
         monitor = runtime.monitor

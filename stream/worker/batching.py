@@ -49,8 +49,7 @@ from typing import Any
 OVERLAP = 64
 
 
-def take_batches(stream: Any, max_: int, within: float, overlap: int = OVERLAP, *,
-                 ack: bool = True) -> AsyncIterator[list[Any]]:
+def take_batches(stream: Any, max_: int, within: float, overlap: int = OVERLAP) -> AsyncIterator[list[Any]]:
     """Yield lists of at most ``max_`` Faust events of ``stream``: each as soon as it is not empty
     and nothing else is queued on the channel, or it is full (see the module docstring). ``within``
     is how often the wait wakes up to look at the stream's stop flag (and flushes what it has);
@@ -61,7 +60,7 @@ def take_batches(stream: Any, max_: int, within: float, overlap: int = OVERLAP, 
     """
     if max_ < 1:
         raise ValueError(f"max_ must be >= 1, not {max_}")
-    agen = _batches(stream, max_, within, overlap, ack)
+    agen = _batches(stream, max_, within, overlap)
     # Registered like Faust's own take(): the stream's stop closes a generator left behind.
     active = getattr(stream, "_active_agens", None)
     if active is not None:
@@ -69,7 +68,7 @@ def take_batches(stream: Any, max_: int, within: float, overlap: int = OVERLAP, 
     return agen
 
 
-async def _batches(stream: Any, max_: int, within: float, overlap: int, ack: bool) -> AsyncIterator[list[Any]]:
+async def _batches(stream: Any, max_: int, within: float, overlap: int) -> AsyncIterator[list[Any]]:
     queue = getattr(stream.channel, "queue", None)
     nothing_queued = queue.empty if queue is not None else (lambda: True)
     filling: list[Any] = []  # events of the next batch
@@ -115,9 +114,8 @@ async def _batches(stream: Any, max_: int, within: float, overlap: int, ack: boo
             finally:
                 limit[0] = max_
                 room.set()
-                if ack:
-                    for event in batch:
-                        await stream.ack(event)
+                for event in batch:
+                    await stream.ack(event)
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(add)

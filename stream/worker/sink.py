@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from stream.errors import StreamError
 from stream.messages import CONTROL_KEY
 from stream.settings import Settings
-from stream.worker.batch import Update, UserState
+from stream.worker.batch import UserState
 from stream.worker.pipeline import BatchOutcome
 from stream.worker.runtime import WorkerRuntime
 
@@ -154,16 +154,8 @@ class FaustSink:
         self.max_users = max_users
         self._queued: dict[str, list[Out]] = {}
         self._in_flight: list[_InFlight] = []
-        self._staged: Mapping[str, Update] = {}
-
-    def stage(self, updates: Mapping[str, Update]) -> None:
-        """Serve ``updates`` from :meth:`get_state` until the next call (the batch in delivery)."""
-        self._staged = updates
 
     def get_state(self, user: str) -> UserState | None:
-        staged = self._staged.get(user)
-        if staged is not None:
-            return staged.value
         value = self.table.data.get(user)
         return value if isinstance(value, dict) else None
 
