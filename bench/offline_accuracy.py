@@ -13,8 +13,9 @@ never mixed with the full-ranking numbers).
     python bench/offline_accuracy.py --baselines-only --datasets foursquare-nyc amazon-beauty --out b.json
     python bench/offline_accuracy.py --merge b.json nyc_a.json --out bench/results/offline_accuracy.json
 
-``--sweep`` runs the MED α/β/γ grid of ``--alphas/--betas/--gammas`` (2 SASRec peers, shared table,
-history output, seed 0) and records validation NDCG@10 only: the test split never chooses anything.
+``--sweep`` runs the MED α/β/γ grid of ``--alphas/--betas/--gammas`` on ``--sweep-row`` (default: 2
+SASRec peers, shared table, history output; seed 0) and records validation NDCG@10 only: the test split
+never chooses anything. ``--med-alpha/--med-beta/--med-gamma`` then run ``--rows`` at the chosen values.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"(seed {cmp['seed']}): mean difference {cmp['mean_diff']:+.4f}, "
                          f"{cmp['n_nonzero']}/{cmp['n_users']} users differ, p = {cmp['p_value']:.3g}")
         if res.get("sweep"):
-            lines.append("\nMED α/β/γ sweep, validation NDCG@10 only (seed 0):\n")
+            rows = sorted({r["name"] for r in res["sweep"]})
+            lines.append(f"\nMED α/β/γ sweep of {', '.join(rows)}, validation NDCG@10 only (seed 0):\n")
             lines.append("| α | β | γ | valid NDCG@10 | best epoch / run / budget |")
             lines.append("|---|---|---|---|---|")
             for r in sorted(res["sweep"], key=lambda r: -r["valid"]["ndcg@10"]):
@@ -309,6 +311,11 @@ def main() -> None:
     p.add_argument("--alphas", nargs="+", type=float, default=[0.5, -1.0])
     p.add_argument("--betas", nargs="+", type=float, default=[0.02])
     p.add_argument("--gammas", nargs="+", type=float, default=[1.0, 2.0])
+    p.add_argument("--sweep-row", default="hail-shared+copy", choices=sorted(r for r in ROWS if r.startswith("hail")),
+                   help="the row whose MED settings --sweep varies")
+    p.add_argument("--med-alpha", type=float, default=None, help="MED α for every row (default: the row's)")
+    p.add_argument("--med-beta", type=float, default=None, help="MED β for every row (default: the row's)")
+    p.add_argument("--med-gamma", type=float, default=None, help="MED γ for every row (default: the row's)")
     p.add_argument("--compare", nargs="*", default=["hail-shared+copy:ensemble+copy", "hail-shared:ensemble"],
                    help="ROW_A:ROW_B pairs for the paired Wilcoxon test")
     p.add_argument("--out", default="bench/results/offline_accuracy.json")
@@ -334,7 +341,9 @@ def main() -> None:
     tc = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, progress=False,
                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                      optimizer=args.optimizer, schedule=args.schedule, warmup_steps=args.warmup_steps)
-    overrides = {"max_len": args.max_len} if args.max_len else {}
+    overrides: dict[str, Any] = {"max_len": args.max_len} if args.max_len else {}
+    overrides.update({f"med_{k}": v for k, v in (("alpha", args.med_alpha), ("beta", args.med_beta),
+                                                  ("gamma", args.med_gamma)) if v is not None})
     for ds in args.datasets:
         events = load_dataset(ds)
         split = leave_last_out(events)
@@ -347,7 +356,7 @@ def main() -> None:
         if args.sweep:
             res["sweep"] = []
             for a, b, g in itertools.product(args.alphas, args.betas, args.gammas):
-                r = run_one(split, "hail-shared+copy", 0, tc, {**overrides, "med_alpha": a, "med_beta": b,
+                r = run_one(split, args.sweep_row, 0, tc, {**overrides, "med_alpha": a, "med_beta": b,
                                                                "med_gamma": g})
                 r.pop("test"), r.pop("test_sampled99"), r.pop("test_user_ndcg@10")  # validation only
                 res["sweep"].append(r)

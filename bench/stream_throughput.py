@@ -392,25 +392,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_s": st.get("latency_s"),
             }
 
-        for flags in args.configs:
-            st = workers(flags, base.interactions_topic, None)[0]
-            result["workers"][flags or "(defaults)"] = summary(st)
-            w = result["workers"][flags or "(defaults)"]
-            log(f"(c) worker {flags or '(defaults)'}: {w['events_per_s']:,.0f} events/s, CPU us/event {w['per_event']}")
+        # --repeat N: the configs take turns (A B A B ...), so that a drift of the machine's load
+        # hits each alike; each config reports its median run and lists every run.
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for round_ in range(args.repeat):
+            for flags in args.configs:
+                w = summary(workers(flags, base.interactions_topic, None)[0])
+                runs.setdefault(flags or "(defaults)", []).append(w)
+                log(f"(c) worker {flags or '(defaults)'} (round {round_ + 1}): {w['events_per_s']:,.0f} events/s, "
+                    f"CPU us/event {w['per_event']}")
+        for name, rs in runs.items():
+            result["workers"][name] = {**median_run(rs, "events_per_s"), "runs_events_per_s": [w["events_per_s"] for w in rs]}
 
         one = result["workers"]["(defaults)"]["events_per_s"]
         result["latency"] = {}
         rate = one / 2
-        for flags in args.latency_configs:  # each on its own paced topic, at the same offered rate
-            topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
-            ensure_topics(base.replace(interactions_topic=topic))
-            st = workers(flags, topic, rate)[0]
-            lat = st["topic_latency"]
-            name = flags or "(defaults)"
-            result["latency"][name] = {"offered_rate": rate, **lat, "worker_stats_incl_warmup": st.get("latency_s"),
-                                       "worker_batches": st.get("batches"), "worker_events": st.get("events"),
-                                       "batch_wall_ms": per_batch_wall_ms(st)}
-            log(f"latency {name} at {rate:,.0f} events/s: {lat}")
+        lat_runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeat):
+            for flags in args.latency_configs:  # each on its own paced topic, at the same offered rate
+                topic = f"bench-paced-{uuid.uuid4().hex[:6]}"
+                ensure_topics(base.replace(interactions_topic=topic))
+                st = workers(flags, topic, rate)[0]
+                lat = st["topic_latency"]
+                name = flags or "(defaults)"
+                lat_runs.setdefault(name, []).append(
+                    {"offered_rate": rate, **lat, "worker_stats_incl_warmup": st.get("latency_s"),
+                     "worker_batches": st.get("batches"), "worker_events": st.get("events"),
+                     "batch_wall_ms": per_batch_wall_ms(st)})
+                log(f"latency {name} at {rate:,.0f} events/s: {lat}")
+        for name, rs in lat_runs.items():
+            result["latency"][name] = {**median_run(rs, "p99"),
+                                       "runs_p50_p99": [[r.get("p50"), r.get("p99")] for r in rs]}
 
         try:
             if args.pair:
@@ -427,6 +439,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["load_average"] = load.summary()
     result["uptime_after"] = uptime()
     return result
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (the upper one of an even count; missing values last).
+
+    >>> median_run([{"r": 3}, {"r": 1}, {"r": 2}], "r"), median_run([{"r": 1}, {"r": 2}], "r")
+    ({'r': 2}, {'r': 2})
+    """
+    ordered = sorted(runs, key=lambda r: (r.get(key) is None, r.get(key) or 0.0))
+    return ordered[len(ordered) // 2]
 
 
 def pair_runs(workers: Any, summary: Any, one: float, result: dict[str, Any], log: Any, base: Any) -> None:
@@ -522,7 +544,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"| (b) Faust agent, one send per event | {r['rates']['send']:,.0f} | {r['rates']['send'] / it:.0%} |",
     ]
     for flags, w in r["workers"].items():
-        lines.append(f"| (c) hailstream worker `{flags}` | {w['events_per_s']:,.0f} | {w['share_of_iterate']:.0%} |")
+        each = w.get("runs_events_per_s") or []
+        runs = f" (median of {', '.join(f'{x:,.0f}' for x in each)})" if len(each) > 1 else ""
+        lines.append(f"| (c) hailstream worker `{flags}` | {w['events_per_s']:,.0f}{runs} | {w['share_of_iterate']:.0%} |")
     pair = r.get("pair")
     if pair:
         for n, w in enumerate(pair["workers"]):
@@ -539,7 +563,9 @@ def markdown(r: dict[str, Any]) -> str:
         per_batch = f"{lat['worker_events'] / lat['worker_batches']:.1f}" if lat.get("worker_batches") else ""
         ms = lat.get("batch_wall_ms") or {}
         cycle = f"{sum(v for k, v in ms.items() if k != 'send'):.1f} / {ms.get('send', 0.0):.1f}" if ms else ""
-        lines.append(f"| one worker `{flags}` | {lat['offered_rate']:,.0f} | {_ms(lat.get('p50'))} | "
+        each = lat.get("runs_p50_p99") or []
+        runs = (" (the median-p99 run of " + ", ".join(f"{_ms(a)} / {_ms(b)}" for a, b in each) + ")") if len(each) > 1 else ""
+        lines.append(f"| one worker `{flags}`{runs} | {lat['offered_rate']:,.0f} | {_ms(lat.get('p50'))} | "
                      f"{_ms(lat.get('p99'))} | {_ms(lat.get('max'))} | {per_batch} | {cycle} |")
     if pair and "latency" in pair:
         pl = pair["latency"]
@@ -615,11 +641,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="worker flag strings each given a latency run at half the default worker's rate")
     ap.add_argument("--latency-warmup", type=int, default=500, help="first paced events left out of the latency")
     ap.add_argument("--memory-events", type=int, default=20000, help="events replayed in-process for memory per user")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each worker config, taking turns (A B A B ...); each reports its median run")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per step")
     ap.add_argument("--positions", choices=("end", "start"), default="end",
                     help="the served model's SASRec positions (start: the worker's state cache serves it incrementally)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_throughput")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     if "" not in args.configs:
         args.configs = ["", *args.configs]
     result = run(args)
