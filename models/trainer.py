@@ -259,7 +259,7 @@ def calibrate_transitions(
     model: HAIL, split: SequenceSplit, batch_size: int = 1024, shifts: Sequence[float] = GATE_SHIFTS,
 ) -> dict[str, float]:
     """Add to every transition gate's bias (:mod:`models.transitions`) the shift of ``shifts``
-    with the best validation NDCG@10 (ties: the smaller shift; an edge that wins extends the grid,
+    with the best validation NDCG@10 (ties: the shift nearest 0; an edge that wins extends the grid,
     :func:`best_on_grid`), in place.
 
     Why: the gate is trained for likelihood, which hedges; ranking wants a bolder transition
